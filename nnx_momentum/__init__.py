@@ -1,0 +1,69 @@
+"""nnx_momentum: heavy-ball momentum for Flax NNX, with schedulers and orbax checkpoints.
+
+The public names, re-exported from one module per concept:
+
+- ``transform``: :func:`momentum`, the functional core (an optax transformation);
+- ``optimizers``: :class:`Momentum`, :class:`MomentumNesterov`, :class:`SGD` (braintools-style);
+- ``nnx_optimizer``: :class:`MomentumOptimizer` (an ``nnx.Optimizer`` subclass);
+- ``schedulers``: the LR schedulers;
+- ``train_step``: :func:`make_train_step`, the fast compiled step.
+"""
+
+from nnx_momentum.nnx_optimizer import MomentumOptimizer
+from nnx_momentum.optimizers import SGD, Momentum, MomentumNesterov
+from nnx_momentum.schedulers import (
+    ChainedScheduler,
+    ConstantLR,
+    CosineAnnealingLR,
+    CosineAnnealingWarmRestarts,
+    CyclicLR,
+    ExponentialDecayLR,
+    ExponentialLR,
+    FixedLR,
+    LinearLR,
+    LRScheduler,
+    MultiStepLR,
+    OneCycleLR,
+    PiecewiseConstantSchedule,
+    PolynomialLR,
+    ReduceLROnPlateau,
+    SchedulerState,
+    SequentialLR,
+    StepLR,
+    WarmupCosineSchedule,
+    WarmupScheduler,
+)
+from nnx_momentum.train_step import make_train_step
+from nnx_momentum.transform import learning_rate_of, momentum, with_learning_rate
+
+__all__ = [
+    "SGD",
+    "ChainedScheduler",
+    "ConstantLR",
+    "CosineAnnealingLR",
+    "CosineAnnealingWarmRestarts",
+    "CyclicLR",
+    "ExponentialDecayLR",
+    "ExponentialLR",
+    "FixedLR",
+    "LRScheduler",
+    "LinearLR",
+    "Momentum",
+    "MomentumNesterov",
+    "MomentumOptimizer",
+    "MultiStepLR",
+    "OneCycleLR",
+    "PiecewiseConstantSchedule",
+    "PolynomialLR",
+    "ReduceLROnPlateau",
+    "SchedulerState",
+    "SequentialLR",
+    "StepLR",
+    "WarmupCosineSchedule",
+    "WarmupScheduler",
+    "learning_rate_of",
+    "make_train_step",
+    "momentum",
+    "with_learning_rate",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,256 @@
+"""The nnx.Optimizer face: MomentumOptimizer."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from models import MLP, batches, loss_fn, params_np, tree_equal
+
+import nnx_momentum as nm
+
+CONFIGS = [
+    dict(momentum=0.9),
+    dict(momentum=0.9, nesterov=True, weight_decay=0.01),
+    dict(momentum=0.5, weight_decay=0.1, grad_clip_norm=0.5, grad_clip_value=0.05),
+]
+
+
+def _optax_reference(lr, momentum, nesterov=False, weight_decay=0.0, grad_clip_norm=None,
+                     grad_clip_value=None):
+    steps = []
+    if grad_clip_norm:
+        steps.append(optax.clip_by_global_norm(grad_clip_norm))
+    if grad_clip_value:
+        steps.append(optax.clip(grad_clip_value))
+    steps.append(optax.add_decayed_weights(weight_decay))
+    steps.append(optax.sgd(lr, momentum=momentum, nesterov=nesterov))
+    return optax.chain(*steps)
+
+
+def _update(model, optimizer, x, y):
+    optimizer.update(model, nnx.grad(loss_fn)(model, x, y))
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+def test_equals_optax_inside_nnx_optimizer(config, jit):
+    step = nnx.jit(_update) if jit else _update
+    ours_model, ref_model = MLP(nnx.Rngs(0)), MLP(nnx.Rngs(0))
+    ours = nm.MomentumOptimizer(ours_model, lr=0.1, **config)
+    ref = nnx.Optimizer(ref_model, _optax_reference(0.1, **config), wrt=nnx.Param)
+    for batch in batches(5):
+        step(ours_model, ours, *batch)
+        step(ref_model, ref, *batch)
+    assert tree_equal(nnx.state(ours_model), nnx.state(ref_model))
+    assert isinstance(ours, nnx.Optimizer) and ours.step_count == 5
+
+
+def test_signature():
+    params = inspect.signature(nm.MomentumOptimizer).parameters
+    assert list(params)[:3] == ["model", "lr", "momentum"]
+    assert params["wrt"].default is nnx.Param and params["momentum"].default == 0.9
+
+
+@pytest.mark.parametrize(
+    "lr, expected",
+    [
+        (0.1, [0.1] * 4),
+        (optax.linear_schedule(0.1, 0.0, 4), [0.1, 0.075, 0.05, 0.025]),
+        (nm.StepLR(0.1, step_size=2), [0.1, 0.1, 0.01, 0.01]),
+    ],
+    ids=["float", "optax-schedule", "scheduler"],
+)
+def test_lr_kinds(lr, expected):
+    w = nnx.Param(jnp.zeros(()))
+    holder = nnx.Dict(w=w)
+    opt = nm.MomentumOptimizer(holder, lr=lr, momentum=0.0)
+    applied = []
+    for _ in range(4):
+        assert opt.current_lr == pytest.approx(expected[len(applied)])
+        before = float(w[...])
+        opt.update(holder, nnx.State({"w": nnx.Param(jnp.ones(()))}))
+        applied.append(before - float(w[...]))
+        if isinstance(lr, nm.LRScheduler):
+            lr.step()
+    np.testing.assert_allclose(applied, expected, rtol=1e-6)
+
+
+def test_optax_schedule_lr_cannot_be_set():
+    model = MLP(nnx.Rngs(0))
+    opt = nm.MomentumOptimizer(model, lr=optax.constant_schedule(0.1))
+    with pytest.raises(TypeError, match="optax schedule"):
+        opt.current_lr = 0.2
+
+
+def test_scheduler_state_lives_in_optimizer_state():
+    model = MLP(nnx.Rngs(0))
+    sched = nm.StepLR(0.1, step_size=1)
+    opt = nm.MomentumOptimizer(model, lr=sched)
+    for _ in range(3):
+        sched.step()
+    fresh = nm.MomentumOptimizer(MLP(nnx.Rngs(1)), lr=nm.StepLR(0.1, step_size=1))
+    nnx.update(fresh, nnx.state(opt))
+    assert fresh.current_lr == pytest.approx(1e-4) and int(fresh.lr.last_epoch[...]) == 3
+    assert "lr" in nnx.state(opt, nnx.OptState)
+
+
+def test_jax_jit_when_returned():
+    model, opt = MLP(nnx.Rngs(0)), None
+    opt = nm.MomentumOptimizer(model, lr=0.1, weight_decay=0.01)
+    graphdef, state = nnx.split((model, opt))
+
+    @jax.jit
+    def step(state, x, y):
+        model, opt = nnx.merge(graphdef, state)
+        _update(model, opt, x, y)
+        return nnx.state((model, opt))
+
+    ref_model = MLP(nnx.Rngs(0))
+    ref_opt = nm.MomentumOptimizer(ref_model, lr=0.1, weight_decay=0.01)
+    for batch in batches(3):
+        state = step(state, *batch)
+        _update(ref_model, ref_opt, *batch)
+    nnx.update((model, opt), state)
+    for k, v in params_np(ref_model).items():
+        np.testing.assert_allclose(params_np(model)[k], v, rtol=1e-6)
+    assert opt.step_count == 3
+
+
+def test_scan_carry_equals_loop_and_broadcast_loses_updates():
+    data = batches(4)
+    xs, ys = jnp.stack([b[0] for b in data]), jnp.stack([b[1] for b in data])
+
+    loop_model = MLP(nnx.Rngs(0))
+    loop_opt = nm.MomentumOptimizer(loop_model, lr=nm.ExponentialLR(0.1, gamma=0.5))
+    for batch in data:
+        _update(loop_model, loop_opt, *batch)
+        loop_opt.lr.step()
+
+    model = MLP(nnx.Rngs(0))
+    opt = nm.MomentumOptimizer(model, lr=nm.ExponentialLR(0.1, gamma=0.5))
+
+    @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=nnx.Carry)
+    def carry_run(carry, x, y):
+        model, opt = carry
+        _update(model, opt, x, y)
+        opt.lr.step()
+        return model, opt
+
+    carry_run((model, opt), xs, ys)
+    for k, v in params_np(loop_model).items():
+        np.testing.assert_allclose(params_np(model)[k], v, rtol=1e-6, atol=1e-7)
+    assert opt.step_count == 4 and opt.current_lr == pytest.approx(0.1 * 0.5**4)
+
+    # The documented flax pitfall: an optimizer broadcast (in_axes=None) to nnx.scan
+    # is not carried, so its velocity and step count never advance.
+    model = MLP(nnx.Rngs(0))
+    opt = nm.MomentumOptimizer(model, lr=0.1)
+
+    @nnx.scan(in_axes=(nnx.Carry, None, 0, 0), out_axes=nnx.Carry)
+    def broadcast_run(model, opt, x, y):
+        _update(model, opt, x, y)
+        return model
+
+    try:
+        broadcast_run(model, opt, xs, ys)
+    except Exception:  # newer flax may refuse the mutation outright: also fine
+        return
+    assert opt.step_count == 0
+
+
+def test_state_layout_shared_with_braintools_face():
+    data = batches(6)
+    a_model, b_model = MLP(nnx.Rngs(0)), MLP(nnx.Rngs(0))
+    a = nm.MomentumOptimizer(a_model, lr=nm.StepLR(0.1, step_size=2), weight_decay=0.01)
+    b = nm.Momentum(lr=nm.StepLR(0.1, step_size=2), weight_decay=0.01)
+    b.register_trainable_weights(b_model)
+    for batch in data[:3]:
+        _update(a_model, a, *batch)
+        a.lr.step()
+    # a braintools-style optimizer resumes from the nnx.Optimizer's state, and back
+    nnx.update(b_model, nnx.state(a_model))
+    b.load_state_dict(a.state_dict())
+    assert jax.tree.structure(a.state_dict()) == jax.tree.structure(b.state_dict())
+    for batch in data[3:]:
+        _update(a_model, a, *batch)
+        a.lr.step()
+        b.step(nnx.grad(loss_fn)(b_model, *batch))
+        b.lr.step()
+    assert tree_equal(nnx.state(a_model), nnx.state(b_model))
+    assert tree_equal(a.state_dict(), b.state_dict())
+    c_model = MLP(nnx.Rngs(0))
+    c = nm.MomentumOptimizer(c_model, lr=nm.StepLR(0.1, step_size=2), weight_decay=0.01)
+    c.load_state_dict(b.state_dict())
+    assert tree_equal(c.state_dict(), a.state_dict())
+
+
+def test_load_state_dict_mismatch_changes_nothing():
+    model = MLP(nnx.Rngs(0))
+    opt = nm.MomentumOptimizer(model, lr=0.1, grad_clip_norm=1.0)
+    other = nm.MomentumOptimizer(MLP(nnx.Rngs(0), dh=5), lr=0.1, grad_clip_norm=1.0)
+    before = opt.state_dict()
+    with pytest.raises(ValueError, match="shape"):
+        opt.load_state_dict(other.state_dict())
+    sched_other = nm.MomentumOptimizer(MLP(nnx.Rngs(0)), lr=nm.ReduceLROnPlateau(0.1))
+    with pytest.raises(ValueError, match="missing paths|unknown paths"):
+        opt.load_state_dict(sched_other.state_dict())
+    assert tree_equal(before, opt.state_dict())
+
+
+SHARDING_SCRIPT = textwrap.dedent(
+    """
+    import jax, jax.numpy as jnp
+    from flax import nnx
+    from jax.sharding import Mesh, PartitionSpec as P, NamedSharding
+    import nnx_momentum as nm
+    assert jax.device_count() == 8
+    mesh = Mesh(jax.devices(), ("data",))
+
+    class Model(nnx.Module):
+        def __init__(self, rngs):
+            init = nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, "data"))
+            self.a = nnx.Linear(4, 16, kernel_init=init, rngs=rngs)
+            self.b = nnx.Param(jnp.zeros((16, 8)), sharding=(None, "data"),
+                               optimizer_sharding=("data", None))
+
+        def __call__(self, x):
+            return self.a(x) @ self.b
+
+    with jax.set_mesh(mesh):
+        model = Model(nnx.Rngs(0))
+        opt = nm.MomentumOptimizer(model, lr=0.1)
+        step = nm.make_train_step(lambda m, x: jnp.mean(m(x) ** 2), model, opt)
+        step(jnp.ones((8, 4)))
+        step(jnp.ones((8, 4)))
+    trace = opt.opt_state.inner_state[0].trace
+    ka = model.a.kernel.get_value().sharding
+    va = trace["a"]["kernel"].get_value().sharding
+    vb = trace["b"].get_value().sharding
+    print("A", ka.spec, va.spec, "B", model.b.get_value().sharding.spec, vb.spec)
+    assert va.spec == ka.spec == P(None, "data"), (ka, va)
+    assert vb.is_equivalent_to(NamedSharding(mesh, P("data", None)), 2), vb
+    assert opt.step_count == 2
+    print("OK")
+    """
+)
+
+
+def test_velocity_sharding_on_8_devices():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", SHARDING_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "OK" in out.stdout

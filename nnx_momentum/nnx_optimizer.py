@@ -47,7 +47,7 @@ class MomentumOptimizer(MomentumFace, nnx.Optimizer[M]):
       >>> loss_fn = lambda m: jnp.mean((m(jnp.ones((4, 2))) - 1.0) ** 2)
       >>> for epoch in range(3):
       ...     grads = nnx.grad(loss_fn)(model)
-      ...     optimizer.update(model, grads)
+      ...     _ = optimizer.update(model, grads)
       ...     optimizer.lr.step()
       >>> optimizer.step_count, round(optimizer.current_lr, 6)
       (3, 0.01)

@@ -204,7 +204,9 @@ class MomentumFace:
                 "current_lr cannot be set: lr is an optax schedule of the step. Pass a "
                 "float or an nnx_momentum scheduler as lr to control it at run time."
             )
-        self.lr.current_lr[...] = jnp.asarray(_validation.non_negative("current_lr", value), jnp.float32)
+        self.lr.current_lr[...] = jnp.asarray(
+            _validation.non_negative("current_lr", value), jnp.float32
+        )
 
     @property
     def base_lr(self) -> float:

@@ -92,4 +92,3 @@ class MomentumOptimizer(MomentumFace, nnx.Optimizer[M]):
     def state_tree(self) -> nnx.State:
         """``{'step', 'opt_state', 'lr'}`` as live Variables (see ``MomentumFace``)."""
         return nnx.state(self, nnx.OptState)
-

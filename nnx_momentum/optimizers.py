@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
@@ -186,7 +185,9 @@ class _BraintoolsOptimizer(MomentumFace, nnx.Pytree):
                     f"dtype {jnp.result_type(g)}; the weight has shape {w.shape} and dtype "
                     f"{w.dtype}."
                 )
-        return nnx.from_flat_state([(path, type(var)(given[path])) for path, var in weights.items()])
+        return nnx.from_flat_state(
+            [(path, type(var)(given[path])) for path, var in weights.items()]
+        )
 
     # -- attributes ------------------------------------------------------------------
     @property
@@ -252,8 +253,9 @@ class Momentum(_BraintoolsOptimizer):
         grad_clip_norm: float | None = None,
         grad_clip_value: float | None = None,
     ):
-        super().__init__(lr, momentum, weight_decay, grad_clip_norm, grad_clip_value,
-                         nesterov=False)
+        super().__init__(
+            lr, momentum, weight_decay, grad_clip_norm, grad_clip_value, nesterov=False
+        )
 
 
 class MomentumNesterov(_BraintoolsOptimizer):
@@ -282,8 +284,7 @@ class MomentumNesterov(_BraintoolsOptimizer):
         grad_clip_norm: float | None = None,
         grad_clip_value: float | None = None,
     ):
-        super().__init__(lr, momentum, weight_decay, grad_clip_norm, grad_clip_value,
-                         nesterov=True)
+        super().__init__(lr, momentum, weight_decay, grad_clip_norm, grad_clip_value, nesterov=True)
 
 
 class SGD(_BraintoolsOptimizer):
@@ -312,5 +313,6 @@ class SGD(_BraintoolsOptimizer):
         grad_clip_norm: float | None = None,
         grad_clip_value: float | None = None,
     ):
-        super().__init__(lr, momentum, weight_decay, grad_clip_norm, grad_clip_value,
-                         nesterov=nesterov)
+        super().__init__(
+            lr, momentum, weight_decay, grad_clip_norm, grad_clip_value, nesterov=nesterov
+        )

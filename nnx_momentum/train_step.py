@@ -92,5 +92,3 @@ def _apply_fn(optimizer: Any) -> Callable[[Any, Any, Any], None]:
         "make_train_step: optimizer must be an nnx.Optimizer (e.g. nm.MomentumOptimizer) "
         f"or a braintools-style optimizer (nm.Momentum, ...), got {type(optimizer).__name__}."
     )
-
-

@@ -41,7 +41,9 @@ def _momentum_chain(
         steps.append(optax.clip(grad_clip_value))
     if weight_decay:
         steps.append(optax.add_decayed_weights(weight_decay))
-    steps.append(optax.trace(decay=momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype))
+    steps.append(
+        optax.trace(decay=momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype)
+    )
     steps.append(optax.scale_by_learning_rate(learning_rate))
     return optax.chain(*steps)
 

@@ -26,8 +26,10 @@ def loss_fn(model, x, y):
 def batches(n: int, seed: int = 0, din: int = 4, dout: int = 3):
     rng = np.random.default_rng(seed)
     return [
-        (jnp.asarray(rng.normal(size=(6, din)), jnp.float32),
-         jnp.asarray(rng.normal(size=(6, dout)), jnp.float32))
+        (
+            jnp.asarray(rng.normal(size=(6, din)), jnp.float32),
+            jnp.asarray(rng.normal(size=(6, dout)), jnp.float32),
+        )
         for _ in range(n)
     ]
 

@@ -25,8 +25,9 @@ CONFIGS = [
 ]
 
 
-def _optax_reference(lr, momentum, nesterov=False, weight_decay=0.0, grad_clip_norm=None,
-                     grad_clip_value=None):
+def _optax_reference(
+    lr, momentum, nesterov=False, weight_decay=0.0, grad_clip_norm=None, grad_clip_value=None
+):
     steps = []
     if grad_clip_norm:
         steps.append(optax.clip_by_global_norm(grad_clip_norm))
@@ -246,11 +247,17 @@ SHARDING_SCRIPT = textwrap.dedent(
 
 
 def test_velocity_sharding_on_8_devices():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
+    )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, "-c", SHARDING_SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", SHARDING_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "OK" in out.stdout

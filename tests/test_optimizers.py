@@ -75,7 +75,10 @@ def test_trajectory_matches_numpy_reference(cls, kwargs, mode):
     scheduler = nm.StepLR(0.1, step_size=2, gamma=0.5)
     lrs = [0.1 * 0.5 ** (t // 2) for t in range(N)]
     want = momentum_reference(
-        params_np(model), None, lrs, grads_fn=reference_grads_fn(model, data),
+        params_np(model),
+        None,
+        lrs,
+        grads_fn=reference_grads_fn(model, data),
         **_reference_kwargs(cls, kwargs),
     )[-1]
     optimizer = cls(lr=scheduler, **kwargs).register_trainable_weights(nnx.state(model, nnx.Param))
@@ -245,8 +248,10 @@ def _bad_grads(kind, g):
     return pure
 
 
-@pytest.mark.parametrize("kind, path", [("missing", "l2/bias"), ("unknown", "l3/kernel"),
-                                        ("shape", "l2/bias"), ("dtype", "l2/bias")])
+@pytest.mark.parametrize(
+    "kind, path",
+    [("missing", "l2/bias"), ("unknown", "l3/kernel"), ("shape", "l2/bias"), ("dtype", "l2/bias")],
+)
 def test_bad_grads_name_the_path_and_change_nothing(kind, path):
     model = MLP(nnx.Rngs(0))
     opt = nm.Momentum(lr=0.1).register_trainable_weights(model)
@@ -288,11 +293,21 @@ def test_braintools_signatures_and_attributes():
 
     params = list(inspect.signature(nm.Momentum).parameters.items())
     assert [(k, p.default) for k, p in params] == [
-        ("lr", 0.001), ("momentum", 0.9), ("weight_decay", 0.0),
-        ("grad_clip_norm", None), ("grad_clip_value", None)]
+        ("lr", 0.001),
+        ("momentum", 0.9),
+        ("weight_decay", 0.0),
+        ("grad_clip_norm", None),
+        ("grad_clip_value", None),
+    ]
     sgd = [(k, p.default) for k, p in inspect.signature(nm.SGD).parameters.items()]
-    assert sgd == [("lr", 0.001), ("momentum", 0.0), ("weight_decay", 0.0), ("nesterov", False),
-                   ("grad_clip_norm", None), ("grad_clip_value", None)]
+    assert sgd == [
+        ("lr", 0.001),
+        ("momentum", 0.0),
+        ("weight_decay", 0.0),
+        ("nesterov", False),
+        ("grad_clip_norm", None),
+        ("grad_clip_value", None),
+    ]
     model = MLP(nnx.Rngs(0))
     opt = nm.Momentum(lr=nm.StepLR(0.1, step_size=1))
     assert opt.opt_state is None

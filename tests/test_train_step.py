@@ -14,9 +14,12 @@ import nnx_momentum as nm
 
 def _faces(model, lr):
     return {
-        "MomentumOptimizer": nm.MomentumOptimizer(model, lr=lr, weight_decay=0.01, grad_clip_norm=1.0),
-        "Momentum": nm.Momentum(lr=lr, weight_decay=0.01, grad_clip_norm=1.0)
-        .register_trainable_weights(model),
+        "MomentumOptimizer": nm.MomentumOptimizer(
+            model, lr=lr, weight_decay=0.01, grad_clip_norm=1.0
+        ),
+        "Momentum": nm.Momentum(
+            lr=lr, weight_decay=0.01, grad_clip_norm=1.0
+        ).register_trainable_weights(model),
     }
 
 
@@ -85,8 +88,9 @@ def test_live_objects_stay_the_source_of_truth():
         plain_step(model, opt, x, y)
         plain_step(ref_model, ref_opt, x, y)
     assert opt.step_count == ref_opt.step_count == 6
-    for a, b in zip(jax.tree.leaves(opt.state_dict()), jax.tree.leaves(ref_opt.state_dict()),
-                    strict=True):
+    for a, b in zip(
+        jax.tree.leaves(opt.state_dict()), jax.tree.leaves(ref_opt.state_dict()), strict=True
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     for k, v in params_np(ref_model).items():
         np.testing.assert_allclose(params_np(model)[k], v, rtol=1e-6, atol=1e-7)

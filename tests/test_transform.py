@@ -25,10 +25,13 @@ LRS = [0.1, 0.1, 0.05, 0.05, 0.2, 0.01, 0.0, 0.1]
 
 def _problem(seed: int = 0):
     rng = np.random.default_rng(seed)
-    params = {"a": rng.normal(size=(3, 4)).astype(np.float32),
-              "b": rng.normal(size=(5,)).astype(np.float32)}
-    grads = [{k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()}
-             for _ in LRS]
+    params = {
+        "a": rng.normal(size=(3, 4)).astype(np.float32),
+        "b": rng.normal(size=(5,)).astype(np.float32),
+    }
+    grads = [
+        {k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()} for _ in LRS
+    ]
     return params, grads
 
 

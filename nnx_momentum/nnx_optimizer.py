@@ -29,6 +29,12 @@ class MomentumOptimizer(MomentumFace, nnx.Optimizer[M]):
     plus ``lr``, the scheduler, so ``nnx.state(optimizer)`` -- and any
     checkpoint of it -- carries the schedule.
 
+    Under transforms: pass the optimizer (and model) to ``nnx.jit``, return it
+    from ``jax.jit`` (``nnx.split``/``nnx.merge``), and keep it in the *carry* of
+    ``nnx.scan``. Passed to ``nnx.scan`` as a broadcast (``in_axes=None``) its
+    updates are silently dropped by flax: the velocity restarts from zero at every
+    iteration and ``step`` never advances (``tests/test_nnx_optimizer.py`` shows it).
+
     Args:
       model: the NNX module whose ``wrt`` variables are optimized.
       lr: a float, an ``nnx_momentum`` scheduler (stepped by you with

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -23,7 +23,7 @@ from nnx_momentum import _validation
 from nnx_momentum.schedulers import LRScheduler, as_scheduler
 from nnx_momentum.transform import momentum as momentum_transform
 
-__all__ = ["MomentumFace", "check_state_dict", "load_into"]
+__all__ = ["MomentumFace", "check_state_dict", "flatten_tree", "load_into", "match_grads"]
 
 
 def _dtype_name(dtype: Any) -> str | None:
@@ -46,6 +46,65 @@ def _flat(tree: Any) -> dict[tuple[str, ...], Any]:
     """``{path: leaf}`` with every key as a string (orbax turns int keys into strings)."""
     flat = nnx.traversals.flatten_mapping(tree)
     return {tuple(str(k) for k in path): leaf for path, leaf in flat.items()}
+
+
+def path_str(path: tuple) -> str:
+    """``('l1', 'kernel') -> 'l1/kernel'``, for error messages."""
+    return "/".join(str(k) for k in path) or "<root>"
+
+
+def flatten_tree(tree: Any) -> dict[tuple[Any, ...], Any]:
+    """Flattens a State, a nested dict or a list/tuple into ``{path: leaf}``."""
+    if isinstance(tree, nnx.State):
+        return dict(nnx.to_flat_state(tree))
+    if isinstance(tree, Mapping):
+        items: Any = tree.items()
+    elif isinstance(tree, (list, tuple)):
+        items = enumerate(tree)
+    else:
+        return {(): tree}
+    flat: dict[tuple[Any, ...], Any] = {}
+    for key, value in items:
+        for sub, leaf in flatten_tree(value).items():
+            flat[(key, *sub)] = leaf
+    return flat
+
+
+def match_grads(weights: nnx.State, grads: Any) -> nnx.State:
+    """``grads`` (a State, pure dict or list) matched by path to ``weights``, validated.
+
+    Returns a State with ``weights``' structure whose leaves are the gradients,
+    wrapped in each weight's Variable type. Shapes and dtypes are static, so under
+    ``jit`` the check costs nothing at run time.
+
+    Raises:
+      ValueError: naming the paths that are missing or unknown, or the first
+        path whose shape or dtype differs from its weight's.
+    """
+    by_str = {tuple(map(str, p)): leaf for p, leaf in flatten_tree(grads).items()}
+    flat_weights = dict(nnx.to_flat_state(weights))
+    wanted = {tuple(map(str, p)): p for p in flat_weights}
+    missing = sorted(path_str(k) for k in set(wanted) - set(by_str))
+    unknown = sorted(path_str(k) for k in set(by_str) - set(wanted))
+    if missing or unknown:
+        raise ValueError(
+            f"gradients do not match the optimized weights: missing paths {missing}, "
+            f"unknown paths {unknown}. Pass nnx.grad(loss_fn)(model) for the model (or "
+            "sub-module) whose weights the optimizer holds."
+        )
+    leaves = []
+    for key, path in wanted.items():
+        var, grad = flat_weights[path], by_str[key]
+        grad = grad.get_value() if isinstance(grad, nnx.Variable) else grad
+        weight = var.get_value()
+        if jnp.shape(grad) != weight.shape or jnp.result_type(grad) != weight.dtype:
+            raise ValueError(
+                f"gradient at {path_str(path)!r} has shape {jnp.shape(grad)} and dtype "
+                f"{jnp.result_type(grad)}; the weight has shape {weight.shape} and dtype "
+                f"{weight.dtype}."
+            )
+        leaves.append((path, type(var)(grad)))
+    return nnx.from_flat_state(leaves)
 
 
 def check_state_dict(expected: Any, given: Any, what: str = "state_dict") -> None:
@@ -76,15 +135,16 @@ def check_state_dict(expected: Any, given: Any, what: str = "state_dict") -> Non
 def load_into(tree: nnx.State, state_dict: Any, what: str = "state_dict") -> None:
     """Validates ``state_dict`` against the live Variables of ``tree``, then writes it.
 
-    Each value lands on the device(s) and sharding the live Variable has now.
+    Each value lands on the device(s) and sharding the live Variable has now, as
+    a fresh copy.
     """
     check_state_dict(nnx.to_pure_dict(tree), state_dict, what)
     given = _flat(state_dict)
     for path, var in _flat(tree).items():
-        current = var.get_value()
-        value = jnp.asarray(given[path], current.dtype)
-        sharding = getattr(current, "sharding", None)
-        var.set_value(jax.device_put(value, sharding) if sharding is not None else value)
+        sharding = getattr(var.get_value(), "sharding", None)
+        # may_alias=False: the live state never shares buffers with the caller's
+        # dict, which a donated compiled step would otherwise invalidate.
+        var.set_value(jax.device_put(given[path], sharding, may_alias=False))
 
 
 def public_signature(cls: type) -> type:
@@ -94,8 +154,13 @@ def public_signature(cls: type) -> type:
     return cls
 
 
-def _p(path: tuple) -> str:
-    return "/".join(str(k) for k in path)
+_p = path_str
+
+
+def _describe_schedule(schedule: Callable[[Any], Any]) -> dict[str, Any]:
+    """A stable description of an optax schedule (no memory address in it)."""
+    name = getattr(schedule, "__qualname__", type(schedule).__qualname__)
+    return {"name": "optax_schedule", "function": f"{schedule.__module__}.{name}"}
 
 
 class MomentumFace:
@@ -136,7 +201,7 @@ class MomentumFace:
         self._schedule = None if scheduler is not None else lr
         self._hyperparams = {
             "optimizer": type(self).__name__,
-            "lr": scheduler.describe() if scheduler is not None else {"optax_schedule": repr(lr)},
+            "lr": scheduler.describe() if scheduler is not None else _describe_schedule(lr),
             "momentum": float(momentum),
             "nesterov": bool(nesterov),
             "weight_decay": float(weight_decay),
@@ -152,8 +217,14 @@ class MomentumFace:
         # every compiled step; a property's own setter is all that should run.
         if isinstance(getattr(type(self), name, None), property):
             object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
+            return
+        if name == "lr" and "lr" in vars(self):
+            raise AttributeError(
+                "lr cannot be replaced after construction: compiled steps hold the "
+                "original scheduler. Set optimizer.current_lr, call optimizer.lr.step(), "
+                "load a state, or build a new optimizer with the new scheduler."
+            )
+        super().__setattr__(name, value)
 
     # -- state -----------------------------------------------------------------
     def state_tree(self) -> nnx.State:
@@ -169,8 +240,9 @@ class MomentumFace:
         """Everything needed to resume, as a pure dict: ``{'step', 'opt_state', 'lr'}``.
 
         Velocity, update count and the scheduler's state; never the model's weights.
+        The arrays are copies: later (donated) steps cannot invalidate them.
         """
-        return nnx.to_pure_dict(self.state_tree())
+        return jax.tree.map(jnp.copy, nnx.to_pure_dict(self.state_tree()))
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Loads a :meth:`state_dict` (from either face); validates everything first.
@@ -218,6 +290,31 @@ class MomentumFace:
     def get_last_lr(self) -> list[float]:
         """``[current_lr]``, as braintools returns it."""
         return [self.current_lr]
+
+    @property
+    def momentum(self) -> float:
+        """The momentum factor :math:`\\mu`."""
+        return self._hyperparams["momentum"]
+
+    @property
+    def nesterov(self) -> bool:
+        """Whether the Nesterov update is used."""
+        return self._hyperparams["nesterov"]
+
+    @property
+    def weight_decay(self) -> float:
+        """The coupled L2 coefficient :math:`\\lambda`."""
+        return self._hyperparams["weight_decay"]
+
+    @property
+    def grad_clip_norm(self) -> float | None:
+        """The global-norm clipping threshold, or None."""
+        return self._hyperparams["grad_clip_norm"]
+
+    @property
+    def grad_clip_value(self) -> float | None:
+        """The per-element clipping threshold, or None."""
+        return self._hyperparams["grad_clip_value"]
 
     @property
     def step_count(self) -> int:

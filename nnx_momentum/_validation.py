@@ -79,3 +79,16 @@ def one_of(name: str, value: Any, choices: tuple[Any, ...]) -> Any:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
     return value
+
+
+def float_dtype(name: str, value: Any) -> Any:
+    """Returns ``value`` if it names a floating dtype (``jnp.bfloat16``, ``'float32'``)."""
+    import jax.numpy as jnp
+
+    try:
+        dtype = jnp.dtype(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a floating dtype, got {value!r}.") from None
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"{name} must be a floating dtype, got {value!r}.")
+    return value

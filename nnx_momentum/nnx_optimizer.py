@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import optax
 from flax import nnx
 
-from nnx_momentum._face import MomentumFace, public_signature
+from nnx_momentum._face import MomentumFace, match_grads, public_signature
 from nnx_momentum.schedulers import LRScheduler
 from nnx_momentum.transform import LEARNING_RATE
 
@@ -43,6 +43,7 @@ class MomentumOptimizer(MomentumFace, nnx.Optimizer[M]):
       wrt: the variable filter to optimize (as in ``nnx.Optimizer``).
       nesterov, weight_decay, grad_clip_norm, grad_clip_value,
       accumulator_dtype: as in :func:`nnx_momentum.momentum`.
+      graph: graph mode (``True``) or tree mode (``False``), as in ``nnx.Optimizer``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -71,6 +72,7 @@ class MomentumOptimizer(MomentumFace, nnx.Optimizer[M]):
         grad_clip_norm: float | None = None,
         grad_clip_value: float | None = None,
         accumulator_dtype: Any = None,
+        graph: bool | None = None,
     ):
         tx, scheduler = self._configure(
             lr,
@@ -81,15 +83,20 @@ class MomentumOptimizer(MomentumFace, nnx.Optimizer[M]):
             grad_clip_value=grad_clip_value,
             accumulator_dtype=accumulator_dtype,
         )
-        super().__init__(model, tx, wrt=wrt)
+        super().__init__(model, tx, wrt=wrt, graph=graph)
         self.lr = scheduler
 
     def update(self, model: M, grads: Any, /, **kwargs: Any) -> optax.Updates:
         """Applies one momentum step to ``model`` (flax's ``Optimizer.update``).
 
-        The scheduler's current LR is written into the optax state first, so the
-        LR is a runtime value: stepping the scheduler never retraces.
+        ``grads`` (the State ``nnx.grad`` returns, or its pure-dict form) is first
+        matched by path to the ``wrt`` variables of ``model``; a missing or unknown
+        path, or a shape or dtype mismatch, raises ``ValueError`` naming it, before
+        anything is written. Then the scheduler's current LR is written into the
+        optax state -- a runtime value, so stepping the scheduler never retraces --
+        and flax's own update runs.
         """
+        grads = match_grads(nnx.state(model, self.wrt, graph=self.graph), grads)
         lr = self._lr_to_apply()
         if lr is not None:
             self.opt_state.hyperparams[LEARNING_RATE][...] = lr

@@ -16,17 +16,13 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from nnx_momentum._face import MomentumFace, public_signature
+from nnx_momentum._face import MomentumFace, flatten_tree, path_str, public_signature
 from nnx_momentum.nnx_optimizer import MomentumOptimizer
 from nnx_momentum.schedulers import LRScheduler
 
 __all__ = ["SGD", "Momentum", "MomentumNesterov"]
 
 Path = tuple[Any, ...]
-
-
-def _path(path: Path) -> str:
-    return "/".join(str(k) for k in path) or "<root>"
 
 
 def _flat_weights(weights: Any) -> dict[Path, nnx.Variable]:
@@ -38,36 +34,38 @@ def _flat_weights(weights: Any) -> dict[Path, nnx.Variable]:
             "register_trainable_weights got a single Variable; pass a module, "
             "nnx.state(model, nnx.Param), or a dict/list of Variables."
         )
-    flat = _flatten(weights)
+    flat = flatten_tree(weights)
     for path, leaf in flat.items():
         if not isinstance(leaf, nnx.Variable):
             raise TypeError(
-                f"register_trainable_weights: the leaf at {_path(path)!r} is a "
+                f"register_trainable_weights: the leaf at {path_str(path)!r} is a "
                 f"{type(leaf).__name__}, not an nnx.Variable, so it could not be updated in "
                 "place. Pass nnx.state(model, nnx.Param) or the model itself."
             )
     return flat
 
 
-def _flatten(tree: Any) -> dict[Path, Any]:
-    """Flattens a State, nested dict or list/tuple into ``{path: leaf}``."""
-    if isinstance(tree, nnx.State):
-        return dict(nnx.to_flat_state(tree))
-    if isinstance(tree, Mapping):
-        items = tree.items()
-    elif isinstance(tree, Sequence) and not isinstance(tree, str):
-        items = enumerate(tree)
-    else:
-        return {(): tree}
-    flat: dict[Path, Any] = {}
-    for key, value in items:
-        for sub, leaf in _flatten(value).items():
-            flat[(key, *sub)] = leaf
-    return flat
-
-
-def _value(leaf: Any) -> Any:
-    return leaf.get_value() if isinstance(leaf, nnx.Variable) else leaf
+def _check_registration(
+    old: dict[Path, nnx.Variable], new: dict[Path, nnx.Variable], merged: dict[Path, nnx.Variable]
+) -> None:
+    """Refuses a path bound to two Variables, or a Variable under two paths."""
+    clashes = sorted(path_str(p) for p, var in new.items() if p in old and old[p] is not var)
+    if clashes:
+        raise ValueError(
+            f"register_trainable_weights: paths {clashes} are already registered to "
+            "other Variables. Register the parent module once, or pass a dict with "
+            "distinct keys, e.g. {'encoder': nnx.state(m.encoder, nnx.Param), "
+            "'decoder': nnx.state(m.decoder, nnx.Param)}."
+        )
+    seen: dict[int, Path] = {}
+    for path, var in merged.items():
+        if id(var) in seen:
+            raise ValueError(
+                f"register_trainable_weights: one Variable would be registered twice, at "
+                f"{path_str(seen[id(var)])!r} and {path_str(path)!r}. Register the parent "
+                "module alone, or its sub-modules alone."
+            )
+        seen[id(var)] = path
 
 
 class _BraintoolsOptimizer(MomentumFace, nnx.Pytree):
@@ -119,28 +117,23 @@ class _BraintoolsOptimizer(MomentumFace, nnx.Pytree):
         """
         new = _flat_weights(weights)
         old = {} if self.param_states is None else dict(nnx.to_flat_state(self.param_states))
-        clashes = sorted(_path(p) for p, var in new.items() if p in old and old[p] is not var)
-        if clashes:
-            raise ValueError(
-                f"register_trainable_weights: paths {clashes} are already registered to "
-                "other Variables. Register the parent module once, or pass a dict "
-                "with distinct keys, e.g. {'encoder': nnx.state(m.encoder, nnx.Param), "
-                "'decoder': nnx.state(m.decoder, nnx.Param)}."
-            )
-        added = set(new) - set(old)
-        if not added:
+        merged = {**old, **new}
+        _check_registration(old, new, merged)
+        if set(merged) == set(old):
             return self
         if self.optimizer is not None and self.step_count > 0:
+            added = sorted(path_str(p) for p in set(merged) - set(old))
             raise ValueError(
-                f"register_trainable_weights: new weights {sorted(map(_path, added))} after "
-                f"{self.step_count} steps; register all weights before the first step."
+                f"register_trainable_weights: new weights {added} after {self.step_count} "
+                "steps; register all weights before the first step."
             )
-        merged = nnx.from_flat_state(sorted({**old, **new}.items(), key=lambda kv: str(kv[0])))
-        scheduler = self.lr
+        states = nnx.from_flat_state(sorted(merged.items(), key=lambda kv: str(kv[0])))
+        lr = self.lr if self.lr is not None else self._schedule
+        optimizer = MomentumOptimizer(states, lr=lr, wrt=nnx.Variable, **self._args)
+        # Everything is validated and built: only now change this object.
         self._pending_lr = None
-        self.param_states = nnx.data(merged)
-        lr = scheduler if scheduler is not None else self._schedule
-        self.optimizer = MomentumOptimizer(merged, lr=lr, wrt=nnx.Variable, **self._args)
+        self.param_states = nnx.data(states)
+        self.optimizer = nnx.data(optimizer)
         return self
 
     # -- the update ----------------------------------------------------------------
@@ -156,38 +149,14 @@ class _BraintoolsOptimizer(MomentumFace, nnx.Pytree):
           ValueError: naming the path, for a missing or unknown gradient, or a
             shape or dtype that differs from its weight. Nothing is updated then.
         """
-        grads = self._checked_grads(grads)
-        self.optimizer.update(self.param_states, grads)
-
-    update = step
-
-    def _checked_grads(self, grads: Any) -> nnx.State:
         if self.optimizer is None:
             raise RuntimeError(
                 f"{type(self).__name__}.step() before register_trainable_weights(...): "
                 "register nnx.state(model, nnx.Param) (or the model) first."
             )
-        weights = dict(nnx.to_flat_state(self.param_states))
-        given = {path: _value(leaf) for path, leaf in _flatten(grads).items()}
-        missing = sorted(map(_path, set(weights) - set(given)))
-        unknown = sorted(map(_path, set(given) - set(weights)))
-        if missing or unknown:
-            raise ValueError(
-                f"step(grads): gradients do not match the registered weights; missing "
-                f"paths {missing}, unknown paths {unknown}. Pass nnx.grad(loss_fn)(model) for "
-                "the model (or sub-module) whose weights were registered."
-            )
-        for path, var in weights.items():
-            g, w = given[path], var.get_value()
-            if jnp.shape(g) != w.shape or jnp.result_type(g) != w.dtype:
-                raise ValueError(
-                    f"step(grads): gradient at {_path(path)!r} has shape {jnp.shape(g)} and "
-                    f"dtype {jnp.result_type(g)}; the weight has shape {w.shape} and dtype "
-                    f"{w.dtype}."
-                )
-        return nnx.from_flat_state(
-            [(path, type(var)(given[path])) for path, var in weights.items()]
-        )
+        self.optimizer.update(self.param_states, grads)
+
+    update = step
 
     # -- attributes ------------------------------------------------------------------
     @property

@@ -44,8 +44,23 @@ def _momentum_chain(
     steps.append(
         optax.trace(decay=momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype)
     )
-    steps.append(optax.scale_by_learning_rate(learning_rate))
+    steps.append(_scale_by_negative_lr(learning_rate))
     return optax.chain(*steps)
+
+
+def _scale_by_negative_lr(learning_rate: jax.typing.ArrayLike) -> optax.GradientTransformation:
+    """``u -> -lr * u`` with ``lr`` cast to each update's dtype.
+
+    That is exactly what ``optax.scale(-lr)`` does with a Python float ``lr``
+    (a weakly typed scalar), so bf16 parameters get bf16 arithmetic here too,
+    while ``lr`` itself stays a float32 runtime value in the state.
+    """
+
+    def scale(updates: optax.Updates, params: optax.Params | None = None) -> optax.Updates:
+        del params
+        return jax.tree.map(lambda u: u * jnp.asarray(-learning_rate, u.dtype), updates)
+
+    return optax.stateless(scale)
 
 
 _STATIC = (
@@ -130,6 +145,8 @@ def momentum(
     wd = _validation.non_negative("weight_decay", weight_decay)
     clip_norm = _validation.optional_positive("grad_clip_norm", grad_clip_norm)
     clip_value = _validation.optional_positive("grad_clip_value", grad_clip_value)
+    if accumulator_dtype is not None:
+        _validation.float_dtype("accumulator_dtype", accumulator_dtype)
     inject = optax.inject_hyperparams(
         _momentum_chain, static_args=_STATIC, hyperparam_dtype=jnp.float32
     )

@@ -153,20 +153,23 @@ def test_scan_carry_equals_loop_and_broadcast_loses_updates():
     assert opt.step_count == 4 and opt.current_lr == pytest.approx(0.1 * 0.5**4)
 
     # The documented flax pitfall: an optimizer broadcast (in_axes=None) to nnx.scan
-    # is not carried, so its velocity and step count never advance.
-    model = MLP(nnx.Rngs(0))
-    opt = nm.MomentumOptimizer(model, lr=0.1)
+    # is not carried: its velocity restarts from zero at every iteration (so the run
+    # is plain SGD) and its step count never advances.
+    model, sgd_model = MLP(nnx.Rngs(0)), MLP(nnx.Rngs(0))
+    opt = nm.MomentumOptimizer(model, lr=0.1, momentum=0.9)
+    sgd = nm.MomentumOptimizer(sgd_model, lr=0.1, momentum=0.0)
 
     @nnx.scan(in_axes=(nnx.Carry, None, 0, 0), out_axes=nnx.Carry)
     def broadcast_run(model, opt, x, y):
         _update(model, opt, x, y)
         return model
 
-    try:
-        broadcast_run(model, opt, xs, ys)
-    except Exception:  # newer flax may refuse the mutation outright: also fine
-        return
+    broadcast_run(model, opt, xs, ys)
+    for batch in data:
+        _update(sgd_model, sgd, *batch)
     assert opt.step_count == 0
+    for k, v in params_np(sgd_model).items():
+        np.testing.assert_allclose(params_np(model)[k], v, rtol=1e-6, atol=1e-7)
 
 
 def test_state_layout_shared_with_braintools_face():
@@ -261,3 +264,78 @@ def test_velocity_sharding_on_8_devices():
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "OK" in out.stdout
+
+
+def test_bf16_params_bit_exact_with_optax_sgd():
+    def make():
+        model = MLP(nnx.Rngs(0))
+        for _, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+            var.set_value(var.get_value().astype(jnp.bfloat16))
+        return model
+
+    def bf16_loss(model, x, y):
+        return loss_fn(model, x.astype(jnp.bfloat16), y.astype(jnp.bfloat16))
+
+    ours_model, ref_model = make(), make()
+    ours = nm.MomentumOptimizer(ours_model, lr=0.1, momentum=0.9, nesterov=True)
+    ref = nnx.Optimizer(ref_model, optax.sgd(0.1, momentum=0.9, nesterov=True), wrt=nnx.Param)
+    for x, y in batches(10):
+        ours.update(ours_model, nnx.grad(bf16_loss)(ours_model, x, y))
+        ref.update(ref_model, nnx.grad(bf16_loss)(ref_model, x, y))
+    assert ours_model.l1.kernel.get_value().dtype == jnp.bfloat16
+    assert tree_equal(nnx.state(ours_model), nnx.state(ref_model))
+
+
+@pytest.mark.parametrize("kind", ["missing", "unknown", "shape", "dtype"])
+def test_bad_grads_name_the_path_and_change_nothing(kind):
+    model = MLP(nnx.Rngs(0))
+    sched = nm.FixedLR(0.1)
+    opt = nm.MomentumOptimizer(model, lr=sched)
+    good = nnx.to_pure_dict(nnx.grad(loss_fn)(model, *batches(1)[0]))
+    opt.update(model, good)
+    sched.current_lr[...] = jnp.float32(0.01)  # would be written into opt_state by a step
+    bad = jax.tree.map(lambda x: x, good)
+    if kind == "missing":
+        del bad["l2"]["bias"]
+    elif kind == "unknown":
+        bad["l3"] = {"bias": jnp.zeros(3)}
+    elif kind == "shape":
+        bad["l2"]["bias"] = jnp.zeros((2, 3))
+    else:
+        bad["l2"]["bias"] = bad["l2"]["bias"].astype(jnp.float16)
+    before_model = nnx.to_pure_dict(nnx.state(model))
+    before_opt = jax.tree.map(np.array, nnx.to_pure_dict(nnx.state(opt)))
+    with pytest.raises(ValueError, match="l3/bias" if kind == "unknown" else "l2/bias"):
+        opt.update(model, bad)
+    assert tree_equal(before_model, nnx.to_pure_dict(nnx.state(model)))
+    assert tree_equal(before_opt, nnx.to_pure_dict(nnx.state(opt)))
+
+
+def test_lr_cannot_be_replaced_after_construction():
+    opt = nm.MomentumOptimizer(MLP(nnx.Rngs(0)), lr=nm.StepLR(0.1, step_size=1))
+    with pytest.raises(AttributeError, match="current_lr"):
+        opt.lr = nm.FixedLR(0.5)
+    assert isinstance(opt.lr, nm.StepLR)
+
+
+def test_hyperparams_are_json_and_stable_across_processes():
+    import json
+
+    code = (
+        "import json, optax, nnx_momentum as nm\n"
+        "from flax import nnx\n"
+        "m = nnx.Linear(2, 2, rngs=nnx.Rngs(0))\n"
+        "for lr in (0.1, nm.OneCycleLR(0.1, total_steps=10), optax.cosine_decay_schedule(0.1, 5)):\n"
+        "    print(json.dumps(nm.MomentumOptimizer(m, lr=lr, grad_clip_norm=1.0).hyperparams,"
+        " sort_keys=True))\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    runs = [
+        subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        for _ in range(2)
+    ]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr
+    assert runs[0].stdout == runs[1].stdout
+    first = json.loads(runs[0].stdout.splitlines()[0])
+    assert first["grad_clip_norm"] == 1.0 and first["lr"]["name"] == "FixedLR"

@@ -99,6 +99,8 @@ def test_eager_jit_scan_identical():
         for k in results[0][0]:
             np.testing.assert_allclose(other[0][k], results[0][0][k], rtol=1e-6, atol=1e-7)
         assert jax.tree.structure(other[1]) == jax.tree.structure(results[0][1])
+        for a, b in zip(jax.tree.leaves(other[1]), jax.tree.leaves(results[0][1]), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_current_lr_setter_changes_applied_lr():
@@ -338,3 +340,45 @@ def test_matches_braintools_itself():
         ours_sched.step()
     for k, v in params_np(model).items():
         np.testing.assert_allclose(v, weights[k.replace("/", "_")].value, rtol=1e-5, atol=1e-6)
+
+
+def test_failed_registration_changes_nothing():
+    model = MLP(nnx.Rngs(0))
+    sched = nm.StepLR(0.1, step_size=1)
+    opt = nm.Momentum(lr=sched)
+    bad = {"w": nnx.Param(jnp.zeros(2)), "x": nnx.Param("not an array")}
+    with pytest.raises(Exception):  # noqa: B017 - whatever optax says, nothing may change
+        opt.register_trainable_weights(bad)
+    assert opt.lr is sched and opt.opt_state is None
+    opt.register_trainable_weights(model)
+    with pytest.raises(Exception):  # noqa: B017
+        opt.register_trainable_weights({"extra": {"x": nnx.Param("not an array")}})
+    opt.step(nnx.grad(loss_fn)(model, *batches(1)[0]))  # still exactly the model's weights
+    assert opt.step_count == 1
+
+
+def test_same_variable_under_two_paths_rejected():
+    model = MLP(nnx.Rngs(0))
+    opt = nm.Momentum(lr=0.1).register_trainable_weights(nnx.state(model.l1, nnx.Param))
+    with pytest.raises(ValueError, match="registered twice"):
+        opt.register_trainable_weights(model)
+
+
+def test_state_dict_survives_donated_steps():
+    model = MLP(nnx.Rngs(0))
+    opt = nm.Momentum(lr=0.1).register_trainable_weights(model)
+    step = nm.make_train_step(loss_fn, model, opt)
+    data = batches(3)
+    step(*data[0])
+    snapshot = opt.state_dict()
+    step(*data[1])
+    other = nm.Momentum(lr=0.1).register_trainable_weights(MLP(nnx.Rngs(0)))
+    other.load_state_dict(snapshot)  # the snapshot's buffers were not donated
+    step(*data[2])
+    assert other.step_count == 1 and opt.step_count == 3
+
+
+def test_hyperparameter_attributes():
+    opt = nm.SGD(lr=0.1, momentum=0.5, weight_decay=0.01, nesterov=True, grad_clip_value=1.0)
+    assert (opt.momentum, opt.weight_decay, opt.nesterov) == (0.5, 0.01, True)
+    assert (opt.grad_clip_norm, opt.grad_clip_value) == (None, 1.0)

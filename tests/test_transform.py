@@ -126,13 +126,19 @@ def test_schedule_of_update_count():
 
 
 def test_accumulator_dtype_bf16():
-    tx = nm.momentum(0.1, accumulator_dtype=jnp.bfloat16)
-    p = {"w": jnp.ones(4, jnp.float32)}
-    s = tx.init(p)
-    u, s = tx.update({"w": jnp.full(4, 0.3, jnp.float32)}, s, p)
-    trace = jax.tree.leaves(s.inner_state)
-    assert any(x.dtype == jnp.bfloat16 for x in trace)
-    assert u["w"].dtype == jnp.float32
+    params, grads = _problem(3)
+    tx = nm.momentum(0.1, momentum=0.9, accumulator_dtype=jnp.bfloat16)
+    got, state = _run(tx, params, grads, [0.1] * len(grads), jit=True)
+    assert {x.dtype for x in jax.tree.leaves(state.inner_state)} == {jnp.dtype(jnp.bfloat16)}
+    assert got[-1]["a"].dtype == jnp.float32
+    want = momentum_reference(params, grads, [0.1] * len(grads), momentum=0.9)[-1]
+    for k in params:  # a bf16 velocity keeps ~3 significant digits
+        np.testing.assert_allclose(got[-1][k], want[k], rtol=2e-2, atol=2e-2)
+
+
+def test_bad_accumulator_dtype():
+    with pytest.raises(ValueError, match="accumulator_dtype"):
+        nm.momentum(0.1, accumulator_dtype=jnp.int32)
 
 
 def test_first_step_velocity_is_gradient():
@@ -163,16 +169,21 @@ def test_bad_hyperparameters(kwargs, name):
         nm.momentum(**kwargs)
 
 
-def test_torch_sgd_agrees():
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+def test_torch_sgd_agrees(config):
     torch = pytest.importorskip("torch")
     params, grads = _problem(2)
-    config = dict(momentum=0.9, nesterov=True, weight_decay=0.01)
     got, _ = _run(nm.momentum(0.1, **config), params, grads, [0.1] * len(grads), jit=True)
     tp = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
-    opt = torch.optim.SGD(list(tp.values()), lr=0.1, **config)
+    sgd_args = {k: v for k, v in config.items() if not k.startswith("grad_clip")}
+    opt = torch.optim.SGD(list(tp.values()), lr=0.1, **sgd_args)
     for g in grads:
         for k, t in tp.items():
             t.grad = torch.tensor(g[k])
+        if config.get("grad_clip_norm"):
+            torch.nn.utils.clip_grad_norm_(list(tp.values()), config["grad_clip_norm"])
+        if config.get("grad_clip_value"):
+            torch.nn.utils.clip_grad_value_(list(tp.values()), config["grad_clip_value"])
         opt.step()
     for k in params:
         np.testing.assert_allclose(got[-1][k], tp[k].detach().numpy(), rtol=1e-5, atol=1e-6)

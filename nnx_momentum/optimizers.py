@@ -9,10 +9,9 @@ checkpoints are exactly those of the ``nnx.Optimizer`` face.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from typing import Any
 
-import jax.numpy as jnp
 import optax
 from flax import nnx
 

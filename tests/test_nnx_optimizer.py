@@ -325,7 +325,8 @@ def test_hyperparams_are_json_and_stable_across_processes():
         "import json, optax, nnx_momentum as nm\n"
         "from flax import nnx\n"
         "m = nnx.Linear(2, 2, rngs=nnx.Rngs(0))\n"
-        "for lr in (0.1, nm.OneCycleLR(0.1, total_steps=10), optax.cosine_decay_schedule(0.1, 5)):\n"
+        "lrs = (0.1, nm.OneCycleLR(0.1, total_steps=10), optax.cosine_decay_schedule(0.1, 5))\n"
+        "for lr in lrs:\n"
         "    print(json.dumps(nm.MomentumOptimizer(m, lr=lr, grad_clip_norm=1.0).hyperparams,"
         " sort_keys=True))\n"
     )

@@ -6,9 +6,11 @@ The public names, re-exported from one module per concept:
 - ``optimizers``: :class:`Momentum`, :class:`MomentumNesterov`, :class:`SGD` (braintools-style);
 - ``nnx_optimizer``: :class:`MomentumOptimizer` (an ``nnx.Optimizer`` subclass);
 - ``schedulers``: the LR schedulers;
-- ``train_step``: :func:`make_train_step`, the fast compiled step.
+- ``train_step``: :func:`make_train_step`, the fast compiled step;
+- ``checkpointer``: :class:`Checkpointer`, orbax checkpoint and exact resume.
 """
 
+from nnx_momentum.checkpointer import Checkpointer, CheckpointOptions
 from nnx_momentum.nnx_optimizer import MomentumOptimizer
 from nnx_momentum.optimizers import SGD, Momentum, MomentumNesterov
 from nnx_momentum.schedulers import (
@@ -39,6 +41,8 @@ from nnx_momentum.transform import learning_rate_of, momentum, with_learning_rat
 __all__ = [
     "SGD",
     "ChainedScheduler",
+    "CheckpointOptions",
+    "Checkpointer",
     "ConstantLR",
     "CosineAnnealingLR",
     "CosineAnnealingWarmRestarts",

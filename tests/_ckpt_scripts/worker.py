@@ -1,0 +1,134 @@
+"""Subprocess worker for tests/test_checkpointer.py.
+
+Usage: worker.py MODE DIR [ARGS...]; XLA_FLAGS is set by the parent before jax loads.
+
+Modes:
+  train FACE STEPS SAVE_AT OUT   train STEPS steps, save at SAVE_AT, write final arrays to OUT.npz
+  sharded STEPS SAVE_AT OUT      sharded model on all devices: train STEPS, save at SAVE_AT
+  resume_sharded STEPS OUT       restore on this process's devices, train to STEPS, write OUT.npz
+  kill_saves                     save big checkpoints 1, 2, ... forever (the parent kills us)
+  exit_without_close             one async big save, then return without close()
+  sigterm                        train forever with save_on_sigterm (the parent sends SIGTERM)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+import nnx_momentum as nm  # noqa: E402
+from nnx_momentum.checkpointer import Checkpointer  # noqa: E402
+
+
+def main(mode: str, directory: str, *args: str) -> None:
+    if mode == "train":
+        face, steps, save_at, out = args[0], int(args[1]), int(args[2]), args[3]
+        model = common.Net()
+        opt = common.make_optimizer(face, model)
+        with Checkpointer(directory) as ckpt:
+            for i in range(steps):
+                common.train_step(face, model, opt, i)
+                if i + 1 == save_at:
+                    ckpt.save(save_at, model, opt, extra={"next_batch": save_at})
+        np.savez(out, **common.flat_arrays(model, opt))
+
+    elif mode == "sharded":
+        steps, save_at, out = int(args[0]), int(args[1]), args[2]
+        with jax.set_mesh(common.make_mesh()):
+            model = common.ShardedNet()
+            opt = nm.MomentumOptimizer(
+                model, lr=nm.StepLR(0.1, step_size=2, gamma=0.5), **common.HYPER
+            )
+            assert len(model.a.kernel[...].sharding.device_set) == len(jax.devices()) == 8
+            with Checkpointer(directory) as ckpt:
+                for i in range(steps):
+                    common.sharded_step(model, opt, i)
+                    if i + 1 == save_at:
+                        ckpt.save(save_at, model, opt)
+        np.savez(out, **common.flat_arrays(model, opt))
+
+    elif mode == "resume_sharded":
+        steps, out = int(args[0]), args[1]
+        with jax.set_mesh(common.make_mesh()):
+            model = common.ShardedNet(seed=5)
+            opt = nm.MomentumOptimizer(
+                model, lr=nm.StepLR(0.1, step_size=2, gamma=0.5), **common.HYPER
+            )
+            before = {
+                k: v.get_value().sharding
+                for k, v in nnx.to_flat_state(nnx.state((model, opt.state_tree())))
+            }
+            with Checkpointer(directory) as ckpt:
+                start = ckpt.restore(model, opt)
+            after = {
+                k: v.get_value().sharding
+                for k, v in nnx.to_flat_state(nnx.state((model, opt.state_tree())))
+            }
+            same = all(after[k] == before[k] for k in before)
+            n_dev = len(model.a.kernel[...].sharding.device_set)
+            for i in range(start, steps):
+                common.sharded_step(model, opt, i)
+        np.savez(out, **common.flat_arrays(model, opt))
+        print(
+            json.dumps(
+                {
+                    "start": start,
+                    "same_shardings": same,
+                    "kernel_devices": n_dev,
+                    "devices": len(jax.devices()),
+                }
+            )
+        )
+
+    elif mode == "kill_saves":
+        model = common.big_model()
+        opt = nm.MomentumOptimizer(model, lr=0.1)
+        ckpt = Checkpointer(directory, max_to_keep=2)
+        step = 0
+        while True:
+            step += 1
+            common.fill(model, opt, float(step))
+            ckpt.save(step, model, opt, extra={"step": step})
+            print(f"SAVING {step}", flush=True)
+
+    elif mode == "exit_without_close":
+        model = common.big_model()
+        opt = nm.MomentumOptimizer(model, lr=0.1)
+        common.fill(model, opt, 3.0)
+        ckpt = Checkpointer(directory)
+        ckpt.save(3, model, opt, extra={"step": 3})
+        print("RETURNING", flush=True)  # no close(): the atexit hook must wait
+
+    elif mode == "sigterm":
+        model = nnx.Linear(4, 4, rngs=nnx.Rngs(0))
+        opt = nm.MomentumOptimizer(model, lr=0.1)
+        ckpt = Checkpointer(directory, save_interval_steps=1000)
+        state = {"step": 0}
+        ckpt.save_on_sigterm(lambda: (state["step"], model, opt, {"reason": "sigterm"}))
+        import signal
+
+        while True:
+            # An update and its step count change together: SIGTERM waits meanwhile.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+            common.fill(model, opt, float(state["step"] + 1))
+            state["step"] += 1
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+            ckpt.save(state["step"], model, opt)  # skipped: off the save interval
+            print(f"STEP {state['step']}", flush=True)
+            time.sleep(0.02)
+
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

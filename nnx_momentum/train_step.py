@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import jax
 from flax import nnx
+
+from nnx_momentum.schedulers import SchedulerState
 
 __all__ = ["make_train_step"]
 
@@ -21,14 +24,18 @@ def make_train_step(
     r"""A compiled ``step(*batch) -> loss`` (or ``(loss, aux)``) for ``model``.
 
     Each call computes :math:`\nabla_p\, \mathrm{loss\_fn}(model, *batch)` and
-    applies one optimizer update, in one XLA program. It is built on
-    ``nnx.jit_partial``: the graph of ``model`` and ``optimizer`` is flattened
-    once, here, into a fixed list of Variables; every call passes their arrays
-    straight to ``jax.jit`` (donated when ``donate``, so the update happens in
-    place) and writes the results back into the same Variables. That avoids the
-    per-call graph traversal and Variable copies of graph-mode ``nnx.jit``
-    while the live objects stay the source of truth: reading the model, saving
-    a checkpoint or switching to a plain ``nnx.jit`` step sees current values.
+    applies one optimizer update, in one XLA program. The graph of ``model``
+    and ``optimizer`` is split once, here (``nnx.graphdef`` and the flat list of
+    their live Variables); every call passes the Variables' raw arrays, as one
+    flat list, to a ``jax.jit`` of a pure function that merges the graph inside
+    the trace (donated when ``donate``, so the update happens in place), then
+    writes the results back into the same Variables, as ``nnx.jit_partial``
+    does. That avoids both the graph traversal and Variable copies of
+    graph-mode ``nnx.jit`` and the per-Variable pytree flattening of
+    ``nnx.jit_partial``, while the live objects stay the source of truth:
+    reading the model, saving a checkpoint or switching to a plain ``nnx.jit``
+    step sees the current values. Changing the *structure* of the model or
+    optimizer afterwards (new attributes, new Variables) needs a new step.
 
     The step compiles once per batch shape/dtype. Stepping a scheduler
     (``optimizer.lr.step()``) or setting ``optimizer.current_lr`` between calls
@@ -66,20 +73,57 @@ def make_train_step(
     wrt = getattr(optimizer, "wrt", nnx.Param)
     grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt), has_aux=has_aux)
     apply = _apply_fn(optimizer)
+    graphdef = nnx.graphdef((model, optimizer))
+    paths, live = zip(*nnx.to_flat_state(nnx.state((model, optimizer))), strict=True)
+    _check_plain_variables(paths, live)
+    # The scheduler's state is only read by a step (it changes through
+    # ``scheduler.step()`` between steps), so it goes in as a second, non-donated
+    # argument and does not come back: fewer buffers per call.
+    read_only = [isinstance(var, SchedulerState) for var in live]
+    written = [var for var, ro in zip(live, read_only) if not ro]
+    constant = [var for var, ro in zip(live, read_only) if ro]
 
-    def train_step(model: nnx.Module, optimizer: Any, *batch: Any) -> Any:
+    def pure_step(
+        written_arrays: list[jax.Array], constant_arrays: list[jax.Array], *batch: Any
+    ) -> tuple[Any, list[jax.Array]]:
+        w, c = iter(written_arrays), iter(constant_arrays)
+        arrays = [next(c) if ro else next(w) for ro in read_only]
+        state = nnx.from_flat_state(
+            [(path, var.replace(array)) for path, var, array in zip(paths, live, arrays)]
+        )
+        model, optimizer = nnx.merge(graphdef, state)
         out, grads = grad_fn(model, *batch)
         apply(model, optimizer, grads)
+        new = [var.get_raw_value() for _, var in nnx.to_flat_state(nnx.state((model, optimizer)))]
+        if any(ro and n is not a for ro, n, a in zip(read_only, new, arrays)):
+            raise RuntimeError("make_train_step: the scheduler state changed inside the step.")
+        return out, [n for ro, n in zip(read_only, new) if not ro]
+
+    compiled = jax.jit(pure_step, donate_argnums=0 if donate else ())
+
+    def step(*batch: Any) -> Any:
+        out, arrays = compiled(
+            [var.get_raw_value() for var in written],
+            [var.get_raw_value() for var in constant],
+            *batch,
+        )
+        for var, array in zip(written, arrays):
+            # What flax's own jit_partial does to write results back: the same
+            # Variable objects, so the model and optimizer stay the source of truth.
+            object.__setattr__(var, "_raw_value", array)
         return out
 
-    return nnx.jit_partial(
-        train_step,
-        model,
-        optimizer,
-        graph=True,
-        graph_updates=False,
-        donate_argnums=0 if donate else None,
-    )
+    step.compiled = compiled  # for introspection: step.compiled.lower(...), cache size
+    return step
+
+
+def _check_plain_variables(paths: tuple, live: tuple) -> None:
+    for path, var in zip(paths, live):
+        if var.get_metadata().get("hijax") or var.get_metadata().get("ref"):
+            raise NotImplementedError(
+                f"make_train_step: the Variable at {'/'.join(map(str, path))!r} is a hijax or "
+                "ref Variable; use a plain nnx.jit train step for such models."
+            )
 
 
 def _apply_fn(optimizer: Any) -> Callable[[Any, Any, Any], None]:

@@ -1,0 +1,75 @@
+"""The braintools ``Momentum`` reference page, done for real on Flax NNX.
+
+    python examples/braintools_style.py
+
+The three examples of ``braintools.optim.Momentum``'s docs -- plain momentum,
+momentum with weight decay, and momentum with a ``StepLR`` stepped once per
+epoch -- on an ``nnx.Linear(10, 5)`` fitting a noisy linear map. Where braintools
+writes ``model.states(brainstate.ParamState)``, NNX writes
+``nnx.state(model, nnx.Param)``: live Variables, so ``optimizer.step(grads)``
+updates the model in place.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import nnx_momentum as nm
+
+BATCHES_PER_EPOCH = 10
+
+# A fixed teacher: y = x @ W + noise, in batches of 32.
+rng = np.random.default_rng(0)
+W = rng.normal(size=(10, 5)).astype(np.float32)
+X = rng.normal(size=(BATCHES_PER_EPOCH, 32, 10)).astype(np.float32)
+Y = X @ W + 0.1 * rng.normal(size=(BATCHES_PER_EPOCH, 32, 5)).astype(np.float32)
+
+
+def loss_fn(model: nnx.Linear, x: jax.Array, y: jax.Array) -> jax.Array:
+    return jnp.mean((model(x) - y) ** 2)
+
+
+@nnx.jit  # optional: eager calls give the same numbers, only slower
+def train_step(model: nnx.Linear, optimizer: nm.Momentum, x: jax.Array, y: jax.Array) -> None:
+    grads = nnx.grad(loss_fn)(model, x, y)  # an nnx.State keyed like the weights
+    optimizer.step(grads)
+
+
+def train(model: nnx.Linear, optimizer: nm.Momentum, epochs: int, scheduler=None) -> None:
+    for epoch in range(epochs):
+        for x, y in zip(X, Y, strict=True):
+            train_step(model, optimizer, x, y)
+        if scheduler is not None:
+            scheduler.step()  # once per epoch, as in braintools
+        loss = float(loss_fn(model, X[0], Y[0]))
+        print(f"  epoch {epoch}: loss {loss:.4f}  lr {optimizer.current_lr:.4g}")
+
+
+print("Basic momentum:")
+model = nnx.Linear(10, 5, rngs=nnx.Rngs(0))
+optimizer = nm.Momentum(lr=0.01, momentum=0.9)
+optimizer.register_trainable_weights(nnx.state(model, nnx.Param))
+train(model, optimizer, epochs=5)
+
+print("Momentum with weight decay:")
+model = nnx.Linear(10, 5, rngs=nnx.Rngs(0))
+optimizer = nm.Momentum(lr=0.01, momentum=0.9, weight_decay=0.0001)
+optimizer.register_trainable_weights(nnx.state(model, nnx.Param))
+train(model, optimizer, epochs=5)
+
+print("Momentum with learning rate scheduling (StepLR, stepped per epoch):")
+model = nnx.Linear(10, 5, rngs=nnx.Rngs(0))
+scheduler = nm.StepLR(base_lr=0.05, step_size=2, gamma=0.5)
+optimizer = nm.Momentum(lr=scheduler, momentum=0.9)
+optimizer.register_trainable_weights(nnx.state(model, nnx.Param))
+train(model, optimizer, epochs=5, scheduler=scheduler)
+
+# What the optimizer holds: the optax transform it runs, its step count and its
+# state -- velocity, step and the scheduler's epoch -- as a plain dict.
+print("default_tx():", type(optimizer.default_tx()).__name__)
+print("step_count:", optimizer.step_count, " get_last_lr():", optimizer.get_last_lr())
+print("state_dict() keys:", sorted(optimizer.state_dict()))
+print("scheduler epoch in the state:", int(optimizer.state_dict()["lr"]["last_epoch"]))

@@ -9,7 +9,6 @@ so state saved from one face loads into the other.
 
 from __future__ import annotations
 
-import importlib.metadata
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -28,18 +27,6 @@ __all__ = ["MomentumFace", "check_state_dict", "flatten_tree", "load_into", "mat
 
 def _dtype_name(dtype: Any) -> str | None:
     return None if dtype is None else jnp.dtype(dtype).name
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of this package and the stack it runs on (checkpoint metadata)."""
-    names = ("nnx-momentum", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint")
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "unknown"
-    return versions
 
 
 def _flat(tree: Any) -> dict[tuple[str, ...], Any]:

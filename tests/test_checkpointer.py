@@ -139,7 +139,7 @@ def test_both_faces_have_the_same_layout(trained):
 
 
 # ---------------------------------------------------------------------------------------
-# topology: saved on 8 devices, resumed on 2 and 1
+# topology: saved on 8 devices, resumed on 4, 2 and 1
 # ---------------------------------------------------------------------------------------
 def test_sharded_checkpoint_resumes_on_fewer_devices(workers, tmp_path):
     root, procs = workers
@@ -148,7 +148,7 @@ def test_sharded_checkpoint_resumes_on_fewer_devices(workers, tmp_path):
     straight = dict(np.load(root / "sharded.npz"))
     procs = {
         n: _start("resume_sharded", directory, STEPS, tmp_path / f"r{n}.npz", devices=n)
-        for n in (2, 1)
+        for n in (4, 2, 1)
     }
     outs = _run_all(*procs.values())
     for n, out in zip(procs, outs, strict=True):

@@ -54,7 +54,9 @@ def make_train_step(
         after it; read them again from the model.
 
     Returns:
-      ``step(*batch)`` returning the loss (or ``(loss, aux)``).
+      ``step(*batch)`` returning the loss (or ``(loss, aux)``); ``step.lower(*batch)``
+      lowers it like ``jax.jit`` does (for ``.as_text()`` or
+      ``.compile().memory_analysis()``).
 
     Example:
       >>> import jax.numpy as jnp
@@ -113,7 +115,15 @@ def make_train_step(
             object.__setattr__(var, "_raw_value", array)
         return out
 
-    step.compiled = compiled  # for introspection: step.compiled.lower(...), cache size
+    def lower(*batch: Any) -> Any:
+        """``jax.jit``'s ``lower`` for these batch arguments (HLO, memory analysis)."""
+        return compiled.lower(
+            [var.get_raw_value() for var in written],
+            [var.get_raw_value() for var in constant],
+            *batch,
+        )
+
+    step.lower = lower
     return step
 
 

@@ -123,3 +123,14 @@ def test_has_aux_and_model_state_updates():
 def test_rejects_non_optimizer():
     with pytest.raises(TypeError, match="optimizer"):
         nm.make_train_step(loss_fn, MLP(nnx.Rngs(0)), object())
+
+
+def test_lower_gives_the_compiled_program():
+    model = MLP(nnx.Rngs(0))
+    opt = nm.MomentumOptimizer(model, lr=0.1)
+    step = nm.make_train_step(loss_fn, model, opt)
+    x, y = batches(1)[0]
+    compiled = step.lower(x, y).compile()
+    assert "HloModule" in compiled.as_text()
+    step(x, y)  # lowering did not consume (donate) the live buffers
+    assert opt.step_count == 1

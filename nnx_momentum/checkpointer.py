@@ -559,19 +559,9 @@ class Checkpointer:
           None
           3
         """
-        self._check_open()
-        self._manager.wait_until_finished()
-        steps = self.all_steps()
-        if not steps:
-            return None
+        step = self._committed_step(step, "restore")
         if step is None:
-            step = steps[-1]
-        elif int(step) not in steps:
-            raise ValueError(
-                f"Checkpointer.restore: step {step} is not in {self.directory!r}; committed "
-                f"steps are {steps}."
-            )
-        step = int(step)
+            return None
         meta = self._read_meta(step)
         if meta.get("format") != FORMAT:
             raise ValueError(
@@ -627,19 +617,8 @@ class Checkpointer:
           >>> info["step"], info["extra"]
           (5, {'batch': 640})
         """
-        self._check_open()
-        self._manager.wait_until_finished()
-        steps = self.all_steps()
-        if not steps:
-            return None
-        if step is None:
-            step = steps[-1]
-        elif int(step) not in steps:
-            raise ValueError(
-                f"Checkpointer.metadata: step {step} is not in {self.directory!r}; committed "
-                f"steps are {steps}."
-            )
-        return self._read_meta(int(step))
+        step = self._committed_step(step, "metadata")
+        return None if step is None else self._read_meta(step)
 
     # -- preemption -----------------------------------------------------------------------
     def save_on_sigterm(
@@ -689,6 +668,22 @@ class Checkpointer:
             self._previous_sigterm = previous if previous is not None else signal.SIG_DFL
 
     # -- internals ------------------------------------------------------------------------
+    def _committed_step(self, step: int | None, caller: str) -> int | None:
+        """``step`` (default: the newest) once pending saves are committed; None if none."""
+        self._check_open()
+        self._manager.wait_until_finished()
+        steps = self.all_steps()
+        if not steps:
+            return None
+        if step is None:
+            return steps[-1]
+        if int(step) not in steps:
+            raise ValueError(
+                f"Checkpointer.{caller}: step {step} is not in {self.directory!r}; committed "
+                f"steps are {steps}."
+            )
+        return int(step)
+
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(f"Checkpointer for {self.directory!r} is closed.")

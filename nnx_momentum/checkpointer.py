@@ -206,7 +206,7 @@ def _host_value(value: Any) -> Any:
         return jax.random.key_data(value)
     if isinstance(value, jax.Array):
         return value
-    return np.asarray(value)
+    return np.asarray(value, jax.dtypes.canonicalize_dtype(np.asarray(value).dtype))
 
 
 def _target(value: Any, where: str) -> jax.ShapeDtypeStruct:
@@ -228,7 +228,13 @@ def _target(value: Any, where: str) -> jax.ShapeDtypeStruct:
             "nnx.eval_shape with an abstract mesh), or give the abstract arrays a "
             "NamedSharding over a concrete jax.sharding.Mesh."
         )
-    return jax.ShapeDtypeStruct(np.shape(value), value.dtype, sharding=sharding)
+    # a Python scalar gets the dtype jax would give it (int32 unless x64 is on)
+    dtype = (
+        value.dtype
+        if hasattr(value, "dtype")
+        else jax.dtypes.canonicalize_dtype(np.asarray(value).dtype)
+    )
+    return jax.ShapeDtypeStruct(np.shape(value), dtype, sharding=sharding)
 
 
 # --------------------------------------------------------------------------------------
@@ -305,6 +311,8 @@ class Checkpointer:
         )
         self._closed = False
         self._previous_sigterm: Any = None
+        self._preemption_requested = False
+        self._exit_code_on_preemption = 0
         # Nothing is lost at exit, even if this object was dropped without close():
         # the exit hook holds the manager (not self) and waits for its in-flight save.
         _register_for_exit(self._manager)
@@ -464,6 +472,8 @@ class Checkpointer:
         # JSON copies: the JSON item is written in the background, so later changes
         # to the caller's dicts must not leak into this step.
         extra = _json_copy("extra", dict(extra) if extra is not None else {})
+        if self._preemption_requested:
+            self._final_save(step, model, optimizer, metrics, extra)
         if not force and not self._manager.should_save(step):
             return False
         if step in self._manager.all_steps():
@@ -621,53 +631,63 @@ class Checkpointer:
         return None if step is None else self._read_meta(step)
 
     # -- preemption -----------------------------------------------------------------------
-    def save_on_sigterm(
-        self,
-        get_state: Callable[[], tuple[Any, ...]],
-        *,
-        exit_code: int = 0,
-    ) -> None:
-        """Turns SIGTERM (preemption) into a final save, a wait, and an exit.
+    def save_on_sigterm(self, *, exit_code: int = 0) -> None:
+        """Turns SIGTERM (preemption) into a final save at the next step boundary, then exit.
 
-        The handler calls ``get_state()``, which returns ``(step, model,
-        optimizer)`` or ``(step, model, optimizer, extra)``, saves that step
-        (unless it is already saved), waits until it is committed, closes the
-        checkpointer and exits with ``exit_code``. Python runs signal handlers
-        between bytecodes of the main thread, so keep ``step`` in sync with the
-        model: bump it right after each completed update.
+        The signal handler only sets :attr:`preemption_requested`; it never
+        touches arrays, since Python runs handlers between any two bytecodes --
+        possibly while a (donated) step is writing the model back. The next
+        :meth:`save` call -- make it once per step; off the save interval it is
+        otherwise a no-op -- then saves that step whatever the interval (with
+        ``extra["preempted"] = True``), waits until it is committed, closes the
+        checkpointer and exits with ``exit_code``. A loop that does not call
+        ``save`` every step can poll :attr:`preemption_requested` instead.
 
         Args:
-          get_state: returns the state to save, as above.
           exit_code: the process exit status after the final save.
 
         Example:
           >>> import tempfile
-          >>> from flax import nnx
           >>> import nnx_momentum as nm
-          >>> model = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
-          >>> opt = nnx.Optimizer(model, nm.momentum(0.1), wrt=nnx.Param)
           >>> with tempfile.TemporaryDirectory() as d, nm.Checkpointer(d) as ckpt:
-          ...     ckpt.save_on_sigterm(lambda: (int(opt.step[...]), model, opt))
+          ...     ckpt.save_on_sigterm()
+          ...     ckpt.preemption_requested
+          False
         """
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("Checkpointer.save_on_sigterm must be called from the main thread.")
 
         def handler(signum: int, frame: Any) -> None:
-            state = get_state()
-            step, model, optimizer = state[:3]
-            extra = dict(state[3]) if len(state) > 3 and state[3] is not None else {}
-            extra.setdefault("preempted", True)
-            if int(step) not in self._manager.all_steps():
-                self._manager.wait_until_finished()
-                self.save(step, model, optimizer, extra=extra, force=True)
-            self.close()
-            sys.exit(exit_code)
+            self._preemption_requested = True
 
         previous = signal.signal(signal.SIGTERM, handler)
         if self._previous_sigterm is None:
             self._previous_sigterm = previous if previous is not None else signal.SIG_DFL
+        self._exit_code_on_preemption = exit_code
+
+    @property
+    def preemption_requested(self) -> bool:
+        """Whether SIGTERM arrived since :meth:`save_on_sigterm` (the next save is final)."""
+        return self._preemption_requested
 
     # -- internals ------------------------------------------------------------------------
+    def _final_save(
+        self, step: int, model: Any, optimizer: Any, metrics: Any, extra: dict[str, Any]
+    ) -> None:
+        """The save after a SIGTERM: this step (unless already saved), committed, then exit."""
+        self._preemption_requested = False
+        if step not in self._manager.all_steps():
+            self.save(
+                step,
+                model,
+                optimizer,
+                metrics=metrics,
+                extra={**extra, "preempted": True},
+                force=True,
+            )
+        self.close()
+        sys.exit(self._exit_code_on_preemption)
+
     def _committed_step(self, step: int | None, caller: str) -> int | None:
         """``step`` (default: the newest) once pending saves are committed; None if none."""
         self._check_open()
@@ -780,17 +800,23 @@ _WATCHED_MAIN: set[Any] = set()
 
 
 def _watch_main_module_exit() -> None:
-    """Python >= 3.12: wait for pending saves when the ``__main__`` module finishes.
+    """Python 3.12 scripts: wait for pending saves when the ``__main__`` module finishes.
 
-    From 3.12 on, no thread can be started once the main thread has finished,
-    so exit hooks run too late for orbax (it starts threads to commit). A
-    ``sys.monitoring`` event on the main module's code object (``PY_RETURN``,
-    and ``PY_UNWIND`` for ``sys.exit``/exceptions) runs in the main thread
-    before interpreter shutdown, at no cost to other code.
+    On 3.12 no thread can be started during interpreter shutdown, not even from
+    threading's exit hooks (3.11 and 3.13 allow it), so those run too late for
+    orbax, which starts threads to commit. A ``sys.monitoring`` event on the
+    main script's code object (``PY_RETURN``, and ``PY_UNWIND`` for
+    ``sys.exit``/exceptions) runs in the main thread before shutdown. Only for
+    real scripts: under IPython/Jupyter every cell is a ``<module>`` code
+    object of ``__main__``, and a kernel does not exit after a cell. Once it
+    has fired, the tool id is released and the (global) unwind events stop.
     """
     monitoring = getattr(sys, "monitoring", None)
     main = sys.modules.get("__main__")
-    if monitoring is None or main is None:
+    if monitoring is None or main is None or not hasattr(main, "__file__"):
+        return
+    ipython = sys.modules.get("IPython")  # imported by flax's treescope even in scripts
+    if ipython is not None and getattr(ipython, "get_ipython", lambda: None)() is not None:
         return
     frame, target = sys._getframe(), None
     while frame is not None:
@@ -806,6 +832,9 @@ def _watch_main_module_exit() -> None:
 
     def on_exit(code: Any, *_: Any) -> Any:
         if code is target:
+            monitoring.set_events(tool, 0)
+            monitoring.set_local_events(tool, target, 0)
+            monitoring.free_tool_id(tool)
             _close_open_managers()
         return None
 
@@ -820,7 +849,7 @@ def _watch_main_module_exit() -> None:
 def _register_for_exit(manager: ocp.CheckpointManager) -> None:
     global _EXIT_HOOK_INSTALLED
     _OPEN_MANAGERS[id(manager)] = manager
-    if sys.version_info >= (3, 12):
+    if (3, 12) <= sys.version_info < (3, 13):
         _watch_main_module_exit()
     if not _EXIT_HOOK_INSTALLED:
         register = getattr(threading, "_register_atexit", None)
@@ -881,13 +910,21 @@ def _validated_targets(
 
 
 def _compare_hyperparams(saved: Mapping[str, Any], live: Mapping[str, Any], step: int) -> None:
+    """Refuses a live optimizer whose hyperparameters differ from the saved ones.
+
+    Ignored: the optimizer's class name (the faces share one state layout) and a
+    scheduler's initial ``last_epoch`` (state, which the restore overwrites).
+    Numbers are compared to float32 precision (``momentum=np.float32(0.9)``
+    equals ``0.9``). An optax-schedule ``lr`` is known by its function's name
+    only, and a plain ``nnx.Optimizer`` has no hyperparameters to compare.
+    """
     if not saved or not live:
         return
     ignore = {"optimizer"}
     diffs = [
         f"{k}: saved {saved.get(k)!r}, live {live.get(k)!r}"
         for k in sorted(set(saved) | set(live))
-        if k not in ignore and _jsonable(saved.get(k)) != _jsonable(live.get(k))
+        if k not in ignore and not _same_setting(_jsonable(saved.get(k)), _jsonable(live.get(k)))
     ]
     if diffs:
         raise ValueError(
@@ -896,6 +933,19 @@ def _compare_hyperparams(saved: Mapping[str, Any], live: Mapping[str, Any], step
             + ". Build the optimizer with the saved hyperparameters (see "
             "Checkpointer.metadata()['hyperparams']), or pass check_hyperparams=False."
         )
+
+
+def _same_setting(a: Any, b: Any) -> bool:
+    """Equal JSON settings: floats to float32 precision, schedulers' last_epoch ignored."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = (set(a) | set(b)) - {"last_epoch"}
+        return all(_same_setting(a.get(k), b.get(k)) for k in keys)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_setting(x, y) for x, y in zip(a, b))
+    numbers = (int, float)
+    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool):
+        return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-12)
+    return a == b
 
 
 def _jsonable(x: Any) -> Any:

@@ -262,18 +262,19 @@ def test_sigterm_turns_into_a_final_save(tmp_path):
         if printed[-1] == 3:
             proc.send_signal(signal.SIGTERM)
             break
-    rest, err = proc.communicate(timeout=TIMEOUT)
+    proc.wait(timeout=TIMEOUT)
+    rest, err = proc.stdout.read(), proc.stderr.read()  # incl. lines the iterator buffered
     assert proc.returncode == 0, err
     printed += [int(line.split()[1]) for line in rest.splitlines() if line.startswith("STEP")]
-    model = nnx.Linear(4, 4, rngs=nnx.Rngs(1))
-    opt = nm.MomentumOptimizer(model, lr=0.1)
+    model = nnx.Linear(256, 256, rngs=nnx.Rngs(1))
+    opt = nm.MomentumOptimizer(model, lr=0.01)
     with Checkpointer(directory) as ckpt:
         assert len(ckpt.all_steps()) == 1  # the interval skipped every other save
         step = ckpt.restore(model, opt)
         meta = ckpt.metadata()
     assert step in (printed[-1], printed[-1] + 1)
+    assert opt.step_count == step  # saved at a step boundary, never mid-update
     assert meta["extra"] == {"reason": "sigterm", "preempted": True}
-    assert np.all(np.asarray(model.kernel[...]) == float(step))
 
 
 # ---------------------------------------------------------------------------------------
@@ -530,3 +531,37 @@ def test_plain_nnx_optimizer(tmp_path):
         assert ckpt.restore(model2, opt2) == 1
     np.testing.assert_array_equal(model2.kernel[...], model.kernel[...])
     assert int(opt2.step[...]) == 1
+
+
+def test_hyperparams_compared_to_float32_and_without_initial_epoch(tmp_path):
+    model = nnx.Linear(3, 4, rngs=nnx.Rngs(0))
+    opt = nm.MomentumOptimizer(model, lr=nm.StepLR(0.1, step_size=2), momentum=0.9)
+    with Checkpointer(tmp_path / "c") as ckpt:
+        ckpt.save(1, model, opt)
+        fresh = nnx.Linear(3, 4, rngs=nnx.Rngs(1))
+        same = nm.MomentumOptimizer(
+            fresh,
+            lr=nm.StepLR(np.float32(0.1), step_size=2, last_epoch=5),
+            momentum=np.float32(0.9),
+        )
+        assert ckpt.restore(fresh, same) == 1
+        assert int(same.lr.last_epoch[...]) == 0  # the saved schedule position
+        other = nm.MomentumOptimizer(fresh, lr=nm.StepLR(0.1, step_size=3), momentum=0.9)
+        with pytest.raises(ValueError, match="step_size"):
+            ckpt.restore(fresh, other)
+
+
+def test_python_scalar_variable_round_trip(tmp_path):
+    class Counter(nnx.Module):
+        def __init__(self):
+            self.lin = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+            self.count = nnx.BatchStat(3)  # a Python int, not an array
+
+    model = Counter()
+    opt = nm.MomentumOptimizer(model, lr=0.1)
+    with Checkpointer(tmp_path / "c") as ckpt:
+        ckpt.save(1, model, opt)
+        fresh = Counter()
+        fresh.count = nnx.BatchStat(0)
+        assert ckpt.restore(fresh, nm.MomentumOptimizer(fresh, lr=0.1)) == 1
+    assert int(np.asarray(fresh.count.get_value())) == 3

@@ -111,12 +111,9 @@ def test_sharded_resume(tmp_path):
     assert out.count("matches the uninterrupted run") == 1, out
 
 
-def test_quickstart_notebook_runs(tmp_path, monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    pytest.importorskip("ipykernel")
-
-    # A kernel spec that starts this very interpreter (not whatever `python` is on PATH).
+@pytest.fixture
+def kernel(tmp_path, monkeypatch):
+    """A Jupyter kernel spec that starts this very interpreter (not `python` on PATH)."""
     spec_dir = tmp_path / "jupyter" / "kernels" / "nnx-momentum-test"
     spec_dir.mkdir(parents=True)
     spec = {
@@ -131,6 +128,37 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     monkeypatch.setenv(
         "PYTHONPATH", os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     )
+    return "nnx-momentum-test"
+
+
+def _execute(nb, kernel_name, path):
+    import nbclient
+
+    nbclient.NotebookClient(
+        nb, kernel_name=kernel_name, timeout=240, resources={"metadata": {"path": str(path)}}
+    ).execute()
+    return "\n".join(
+        out.get("text", "") for c in nb.cells if c.cell_type == "code" for out in c.outputs
+    )
+
+
+def test_checkpointer_lives_across_notebook_cells(kernel, tmp_path):
+    """A Checkpointer made in one cell still saves in the next (no exit hook fires early)."""
+    import nbformat
+
+    cells = [
+        "import nnx_momentum as nm\nfrom flax import nnx\nckpt = nm.Checkpointer('ckpt')\n"
+        "model = nnx.Linear(2, 2, rngs=nnx.Rngs(0))\n"
+        "opt = nm.MomentumOptimizer(model, lr=0.1)",
+        "ckpt.save(1, model, opt)\nckpt.wait_until_finished()",
+        "ckpt.save(2, model, opt)\nckpt.close()\nprint('steps', ckpt.all_steps())",
+    ]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    assert "steps [1, 2]" in _execute(nb, kernel, tmp_path)
+
+
+def test_quickstart_notebook_runs(kernel, tmp_path):
+    import nbformat
 
     nb = nbformat.read(ROOT / "notebooks" / "quickstart.ipynb", as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), (
@@ -140,16 +168,6 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     assert len(params) == 1
     params[0].source = 'STEPS = 40\nCKPT_DIR = "ckpt"'
 
-    client = nbclient.NotebookClient(
-        nb,
-        kernel_name="nnx-momentum-test",
-        timeout=240,
-        resources={"metadata": {"path": str(tmp_path)}},
-    )
-    client.execute()
-
-    text = "\n".join(
-        out.get("text", "") for c in nb.cells if c.cell_type == "code" for out in c.outputs
-    )
+    text = _execute(nb, kernel, tmp_path)
     assert "resuming from step 18" in text, text  # checkpoints every 40 // 6 = 6 steps
     assert "test_accuracy=" in text

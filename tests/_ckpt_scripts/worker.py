@@ -8,7 +8,7 @@ Modes:
   resume_sharded STEPS OUT       restore on this process's devices, train to STEPS, write OUT.npz
   kill_saves                     save big checkpoints 1, 2, ... forever (the parent kills us)
   exit_without_close             one async big save, then return without close()
-  sigterm                        train forever with save_on_sigterm (the parent sends SIGTERM)
+  sigterm                        make_train_step forever with save_on_sigterm (the parent sends SIGTERM)
 """
 
 from __future__ import annotations
@@ -109,22 +109,21 @@ def main(mode: str, directory: str, *args: str) -> None:
         print("RETURNING", flush=True)  # no close(): the atexit hook must wait
 
     elif mode == "sigterm":
-        model = nnx.Linear(4, 4, rngs=nnx.Rngs(0))
-        opt = nm.MomentumOptimizer(model, lr=0.1)
+        # A donated make_train_step loop with no signal masking: SIGTERM may land
+        # while a step writes the model back; the final save must still be whole.
+        model = nnx.Linear(256, 256, rngs=nnx.Rngs(0))
+        opt = nm.MomentumOptimizer(model, lr=0.01)
+        train_step = nm.make_train_step(lambda m, x: jax.numpy.mean(m(x) ** 2), model, opt)
+        x = jax.numpy.ones((64, 256))
         ckpt = Checkpointer(directory, save_interval_steps=1000)
-        state = {"step": 0}
-        ckpt.save_on_sigterm(lambda: (state["step"], model, opt, {"reason": "sigterm"}))
-        import signal
-
+        ckpt.save_on_sigterm()
+        step = 0
         while True:
-            # An update and its step count change together: SIGTERM waits meanwhile.
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-            common.fill(model, opt, float(state["step"] + 1))
-            state["step"] += 1
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-            ckpt.save(state["step"], model, opt)  # skipped: off the save interval
-            print(f"STEP {state['step']}", flush=True)
-            time.sleep(0.02)
+            train_step(x)
+            step += 1
+            # Off the interval this is a no-op, until SIGTERM makes it the final save.
+            ckpt.save(step, model, opt, extra={"reason": "sigterm"})
+            print(f"STEP {step}", flush=True)
 
     else:
         raise SystemExit(f"unknown mode {mode}")

@@ -8,7 +8,7 @@ Modes:
   resume_sharded STEPS OUT       restore on this process's devices, train to STEPS, write OUT.npz
   kill_saves                     save big checkpoints 1, 2, ... forever (the parent kills us)
   exit_without_close             one async big save, then return without close()
-  sigterm                        make_train_step forever with save_on_sigterm (the parent sends SIGTERM)
+  sigterm                        make_train_step forever, save_on_sigterm (parent sends SIGTERM)
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 

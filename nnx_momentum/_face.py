@@ -101,22 +101,22 @@ def check_state_dict(expected: Any, given: Any, what: str = "state_dict") -> Non
     callers validate the whole tree first and only then load it.
     """
     flat_expected, flat_given = _flat(expected), _flat(given)
-    missing = sorted(set(flat_expected) - set(flat_given))
-    unknown = sorted(set(flat_given) - set(flat_expected))
+    missing = [path_str(k) for k in sorted(set(flat_expected) - set(flat_given))]
+    unknown = [path_str(k) for k in sorted(set(flat_given) - set(flat_expected))]
     if missing or unknown:
         raise ValueError(
-            f"{what} does not match this optimizer: missing paths {[_p(k) for k in missing]}, "
-            f"unknown paths {[_p(k) for k in unknown]}. Was it saved with other "
+            f"{what} does not match this optimizer: missing paths {missing}, "
+            f"unknown paths {unknown}. Was it saved with other "
             "hyperparameters (clipping, weight decay), another scheduler or another model?"
         )
     for key, ref in flat_expected.items():
         value = flat_given[key]
         ref_shape, shape = np.shape(ref), np.shape(value)
         if ref_shape != shape:
-            raise ValueError(f"{what} at {_p(key)}: expected shape {ref_shape}, got {shape}.")
+            raise ValueError(f"{what} at {path_str(key)}: expected shape {ref_shape}, got {shape}.")
         ref_dtype, dtype = jnp.result_type(ref), jnp.result_type(value)
         if ref_dtype != dtype:
-            raise ValueError(f"{what} at {_p(key)}: expected dtype {ref_dtype}, got {dtype}.")
+            raise ValueError(f"{what} at {path_str(key)}: expected dtype {ref_dtype}, got {dtype}.")
 
 
 def load_into(tree: nnx.State, state_dict: Any, what: str = "state_dict") -> None:
@@ -139,9 +139,6 @@ def public_signature(cls: type) -> type:
     signature = inspect.signature(cls.__init__)
     cls.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
     return cls
-
-
-_p = path_str
 
 
 def _describe_schedule(schedule: Callable[[Any], Any]) -> dict[str, Any]:

@@ -44,6 +44,8 @@ from flax import nnx
 from orbax.checkpoint import checkpoint_managers as ocp_managers
 from orbax.checkpoint import options as ocp_options
 
+from nnx_momentum._face import path_str
+
 __all__ = ["CheckpointOptions", "Checkpointer"]
 
 FORMAT = "nnx_momentum.checkpoint/1"
@@ -136,10 +138,6 @@ class CheckpointOptions:
 # --------------------------------------------------------------------------------------
 # state <-> orbax trees
 # --------------------------------------------------------------------------------------
-def _path_str(path: Path) -> str:
-    return _SEP.join(str(k) for k in path) or "<root>"
-
-
 def _is_key(x: Any) -> bool:
     dtype = getattr(x, "dtype", None)
     return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
@@ -168,10 +166,8 @@ def _live_variables(state: nnx.State, what: str) -> dict[str, nnx.Variable]:
     flat: dict[str, nnx.Variable] = {}
     for path, var in nnx.to_flat_state(state):
         if not isinstance(var, nnx.Variable):
-            raise TypeError(
-                f"Checkpointer: {what} leaf {_path_str(path)!r} is not an nnx.Variable."
-            )
-        key = _path_str(path)
+            raise TypeError(f"Checkpointer: {what} leaf {path_str(path)!r} is not an nnx.Variable.")
+        key = path_str(path)
         if key in flat:
             raise ValueError(f"Checkpointer: two {what} paths both read as {key!r}.")
         flat[key] = var

@@ -1,16 +1,28 @@
-"""``MomentumOptimizer``: a drop-in ``flax.nnx.Optimizer`` running :func:`momentum`."""
+r"""``MomentumOptimizer``: the optimizer core, a drop-in ``flax.nnx.Optimizer``.
+
+Both faces run this class: ``nm.MomentumOptimizer`` is used directly, and the
+braintools-style ``nm.Momentum`` holds one over its registered weights
+(``optimizers.py``). Its state is flax's -- ``step`` (uint32 update counter) and
+``opt_state`` (the optax state of :func:`nnx_momentum.momentum`) -- plus ``lr``,
+the scheduler's state, so one ``state_dict()`` or checkpoint carries all of it
+and loads into either face.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, TypeVar
 
+import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from nnx_momentum._face import MomentumFace, match_grads, public_signature
+from nnx_momentum import learning_rate as lr_lib
+from nnx_momentum import tree
+from nnx_momentum._signature import public_signature
+from nnx_momentum.config import ConfigAttributes, MomentumConfig
 from nnx_momentum.schedulers import LRScheduler
-from nnx_momentum.transform import LEARNING_RATE
+from nnx_momentum.transform import LEARNING_RATE, from_config
 
 __all__ = ["MomentumOptimizer"]
 
@@ -18,11 +30,11 @@ M = TypeVar("M")
 
 
 @public_signature
-class MomentumOptimizer(MomentumFace, nnx.Optimizer[M]):
+class MomentumOptimizer(ConfigAttributes, nnx.Optimizer[M]):
     r"""A real ``nnx.Optimizer`` subclass applying heavy-ball momentum.
 
-    Each ``update(model, grads)`` applies (SPEC section 2; see
-    :func:`nnx_momentum.momentum`): clip by global norm, clip by value,
+    Each ``update(model, grads)`` applies the update of
+    :func:`nnx_momentum.momentum`: clip by global norm, clip by value,
     :math:`g \leftarrow g + \lambda p`, :math:`v \leftarrow \mu v + g`,
     :math:`p \leftarrow p - \eta\,v` (or the Nesterov form), with :math:`\eta`
     the scheduler's current LR. The state is flax's (``step``, ``opt_state``)
@@ -42,8 +54,17 @@ class MomentumOptimizer(MomentumFace, nnx.Optimizer[M]):
       momentum: :math:`\mu \in [0, 1)`.
       wrt: the variable filter to optimize (as in ``nnx.Optimizer``).
       nesterov, weight_decay, grad_clip_norm, grad_clip_value,
-      accumulator_dtype: as in :func:`nnx_momentum.momentum`.
+      accumulator_dtype: as in :func:`nnx_momentum.momentum` (the fields of
+        :class:`~nnx_momentum.MomentumConfig`).
       graph: graph mode (``True``) or tree mode (``False``), as in ``nnx.Optimizer``.
+
+    Attributes:
+      config: the :class:`~nnx_momentum.MomentumConfig` of the update.
+      lr: the :class:`~nnx_momentum.LRScheduler` driving the LR (a float became
+        ``FixedLR``, an optax schedule an ``OptaxSchedule``).
+
+    Raises:
+      ValueError: naming the argument, for a hyperparameter out of range.
 
     Example:
       >>> import jax.numpy as jnp
@@ -60,10 +81,12 @@ class MomentumOptimizer(MomentumFace, nnx.Optimizer[M]):
       (3, 0.01)
     """
 
+    lr: LRScheduler
+
     def __init__(
         self,
         model: M,
-        lr: float | LRScheduler | Callable[[Any], Any] = 0.001,
+        lr: lr_lib.LROption = 0.001,
         momentum: float = 0.9,
         *,
         wrt: Any = nnx.Param,
@@ -71,22 +94,40 @@ class MomentumOptimizer(MomentumFace, nnx.Optimizer[M]):
         weight_decay: float = 0.0,
         grad_clip_norm: float | None = None,
         grad_clip_value: float | None = None,
-        accumulator_dtype: Any = None,
+        accumulator_dtype: jax.typing.DTypeLike | None = None,
         graph: bool | None = None,
     ):
-        tx, scheduler = self._configure(
-            lr,
-            momentum,
+        config = MomentumConfig(
+            momentum=momentum,
             nesterov=nesterov,
             weight_decay=weight_decay,
             grad_clip_norm=grad_clip_norm,
             grad_clip_value=grad_clip_value,
             accumulator_dtype=accumulator_dtype,
         )
+        scheduler = lr_lib.as_lr(lr)
+        tx = from_config(config, lr_lib.initial_learning_rate(scheduler))
         super().__init__(model, tx, wrt=wrt, graph=graph)
+        self.config = config
         self.lr = scheduler
 
-    def update(self, model: M, grads: Any, /, **kwargs: Any) -> optax.Updates:
+    def __setattr__(self, name: str, value: Any) -> None:
+        # ``nnx.Pytree.__setattr__`` would record a property name (``current_lr``)
+        # as a static attribute, changing the graph definition and so retracing
+        # every compiled step; a property's own setter is all that should run.
+        if isinstance(getattr(type(self), name, None), property):
+            object.__setattr__(self, name, value)
+            return
+        if name == "lr" and "lr" in vars(self):
+            raise AttributeError(
+                "lr cannot be replaced after construction: compiled steps hold the "
+                "original scheduler. Set optimizer.current_lr, call optimizer.lr.step(), "
+                "load a state, or build a new optimizer with the new scheduler."
+            )
+        super().__setattr__(name, value)
+
+    # -- the update ----------------------------------------------------------------
+    def update(self, model: M, grads: Any, /, **kwargs: Any) -> None:
         """Applies one momentum step to ``model`` (flax's ``Optimizer.update``).
 
         ``grads`` (the State ``nnx.grad`` returns, or its pure-dict form) is first
@@ -96,12 +137,76 @@ class MomentumOptimizer(MomentumFace, nnx.Optimizer[M]):
         optax state -- a runtime value, so stepping the scheduler never retraces --
         and flax's own update runs.
         """
-        grads = match_grads(nnx.state(model, self.wrt, graph=self.graph), grads)
-        lr = self._lr_to_apply()
-        if lr is not None:
-            self.opt_state.hyperparams[LEARNING_RATE][...] = lr
+        grads = tree.match_grads(nnx.state(model, self.wrt, graph=self.graph), grads)
+        if not isinstance(self.lr, lr_lib.OptaxSchedule):
+            self.opt_state.hyperparams[LEARNING_RATE][...] = self.lr.current_lr[...]
         return super().update(model, grads, **kwargs)
 
+    # -- state -------------------------------------------------------------------------
     def state_tree(self) -> nnx.State:
-        """``{'step', 'opt_state', 'lr'}`` as live Variables (see ``MomentumFace``)."""
+        """``{'step', 'opt_state', 'lr'}`` as live Variables: the whole optimizer state."""
         return nnx.state(self, nnx.OptState)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume, as a pure dict: ``{'step', 'opt_state', 'lr'}``.
+
+        Velocity, update count and the scheduler's state; never the model's weights.
+        The arrays are copies: later (donated) steps cannot invalidate them.
+
+        Example:
+          >>> from flax import nnx
+          >>> import nnx_momentum as nm
+          >>> opt = nm.MomentumOptimizer(nnx.Linear(2, 1, rngs=nnx.Rngs(0)), lr=0.1)
+          >>> sorted(opt.state_dict())
+          ['lr', 'opt_state', 'step']
+        """
+        state: dict[str, Any] = jax.tree.map(jnp.copy, nnx.to_pure_dict(self.state_tree()))
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Loads a :meth:`state_dict` (from either face); validates everything first.
+
+        Values keep their dtype (no silent cast) and land on the live state's
+        current sharding (see :mod:`nnx_momentum.tree`).
+
+        Raises:
+          ValueError: naming the first path whose presence, shape or dtype differs;
+            the optimizer is then left untouched.
+        """
+        tree.load_into(self.state_tree(), state_dict)
+
+    @property
+    def step_count(self) -> int:
+        """How many updates were applied (eager only)."""
+        return int(self.step[...])
+
+    @property
+    def hyperparams(self) -> dict[str, Any]:
+        """JSON: ``{'optimizer': class name, 'lr': scheduler description, **config}``."""
+        return {"optimizer": type(self).__name__, "lr": self.lr.describe(), **self.config.to_json()}
+
+    # -- learning rate --------------------------------------------------------------
+    @property
+    def current_lr(self) -> float:
+        """The LR the next step applies, as a Python float (eager only).
+
+        Setting it overwrites the scheduler's current LR until its next ``step()``.
+        """
+        return float(lr_lib.lr_value(self.lr, self.opt_state.count[...]))
+
+    @current_lr.setter
+    def current_lr(self, value: float) -> None:
+        lr_lib.set_lr_value(self.lr, value)
+
+    @property
+    def base_lr(self) -> float:
+        """The initial LR of the scheduler (or of the optax schedule at step 0)."""
+        return float(self.lr.base_lr)
+
+    def get_last_lr(self) -> list[float]:
+        """``[current_lr]``, as braintools returns it."""
+        return [self.current_lr]
+
+    def default_tx(self) -> optax.GradientTransformation:
+        """The optax transformation ``update`` applies (``self.tx``)."""
+        return self.tx

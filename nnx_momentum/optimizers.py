@@ -9,19 +9,21 @@ checkpoints are exactly those of the ``nnx.Optimizer`` face.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import optax
 from flax import nnx
 
-from nnx_momentum._face import MomentumFace, flatten_tree, path_str, public_signature
+from nnx_momentum import learning_rate as lr_lib
+from nnx_momentum import tree
+from nnx_momentum._signature import public_signature
+from nnx_momentum.config import ConfigAttributes, MomentumConfig
 from nnx_momentum.nnx_optimizer import MomentumOptimizer
 from nnx_momentum.schedulers import LRScheduler
 
-__all__ = ["SGD", "Momentum", "MomentumNesterov"]
+__all__ = ["SGD", "BraintoolsOptimizer", "Momentum", "MomentumNesterov"]
 
-Path = tuple[Any, ...]
+Path = tuple[str, ...]
 
 
 def _flat_weights(weights: Any) -> dict[Path, nnx.Variable]:
@@ -33,11 +35,11 @@ def _flat_weights(weights: Any) -> dict[Path, nnx.Variable]:
             "register_trainable_weights got a single Variable; pass a module, "
             "nnx.state(model, nnx.Param), or a dict/list of Variables."
         )
-    flat = flatten_tree(weights)
+    flat = tree.flatten(weights)
     for path, leaf in flat.items():
         if not isinstance(leaf, nnx.Variable):
             raise TypeError(
-                f"register_trainable_weights: the leaf at {path_str(path)!r} is a "
+                f"register_trainable_weights: the leaf at {tree.path_str(path)!r} is a "
                 f"{type(leaf).__name__}, not an nnx.Variable, so it could not be updated in "
                 "place. Pass nnx.state(model, nnx.Param) or the model itself."
             )
@@ -48,7 +50,7 @@ def _check_registration(
     old: dict[Path, nnx.Variable], new: dict[Path, nnx.Variable], merged: dict[Path, nnx.Variable]
 ) -> None:
     """Refuses a path bound to two Variables, or a Variable under two paths."""
-    clashes = sorted(path_str(p) for p, var in new.items() if p in old and old[p] is not var)
+    clashes = sorted(tree.path_str(p) for p, var in new.items() if p in old and old[p] is not var)
     if clashes:
         raise ValueError(
             f"register_trainable_weights: paths {clashes} are already registered to "
@@ -61,14 +63,22 @@ def _check_registration(
         if id(var) in seen:
             raise ValueError(
                 f"register_trainable_weights: one Variable would be registered twice, at "
-                f"{path_str(seen[id(var)])!r} and {path_str(path)!r}. Register the parent "
-                "module alone, or its sub-modules alone."
+                f"{tree.path_str(seen[id(var)])!r} and {tree.path_str(path)!r}. Register the "
+                "parent module alone, or its sub-modules alone."
             )
         seen[id(var)] = path
 
 
-class _BraintoolsOptimizer(MomentumFace, nnx.Pytree):
-    """braintools' ``register_trainable_weights`` / ``step`` API on :func:`momentum`."""
+class BraintoolsOptimizer(ConfigAttributes, nnx.Pytree):
+    """braintools' ``register_trainable_weights`` / ``step`` API, holding a ``MomentumOptimizer``.
+
+    The base of :class:`Momentum`, :class:`MomentumNesterov` and :class:`SGD`.
+    Everything -- the transformation, the LR, the state -- belongs to the
+    :class:`~nnx_momentum.MomentumOptimizer` in ``self.optimizer``; this class
+    only adds registration and ``step(grads)``. Before registration that
+    optimizer runs over no weights, so ``state_dict()``, ``step_count`` and the
+    LR API already work.
+    """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -76,7 +86,7 @@ class _BraintoolsOptimizer(MomentumFace, nnx.Pytree):
 
     def __init__(
         self,
-        lr: float | LRScheduler | Callable[[Any], Any],
+        lr: lr_lib.LROption,
         momentum: float,
         weight_decay: float,
         grad_clip_norm: float | None,
@@ -84,20 +94,25 @@ class _BraintoolsOptimizer(MomentumFace, nnx.Pytree):
         *,
         nesterov: bool,
     ):
-        self._args = dict(
+        config = MomentumConfig(
             momentum=momentum,
             nesterov=nesterov,
             weight_decay=weight_decay,
             grad_clip_norm=grad_clip_norm,
             grad_clip_value=grad_clip_value,
         )
-        self.tx, scheduler = self._configure(lr, accumulator_dtype=None, **self._args)
-        self._pending_lr = nnx.data(scheduler)
-        self.param_states = nnx.data(None)
-        self.optimizer = nnx.data(None)
+        self.param_states: nnx.State = nnx.data(nnx.State({}))
+        self.optimizer = nnx.data(self._optimizer_over(self.param_states, config, lr))
+
+    @staticmethod
+    def _optimizer_over(
+        states: nnx.State, config: MomentumConfig, lr: lr_lib.LROption
+    ) -> MomentumOptimizer[nnx.State]:
+        """The core over ``states`` (the weights as its model, every Variable trained)."""
+        return MomentumOptimizer(states, lr=lr, wrt=nnx.Variable, **config.to_json())
 
     # -- registration ------------------------------------------------------------
-    def register_trainable_weights(self, weights: Any) -> _BraintoolsOptimizer:
+    def register_trainable_weights(self, weights: Any) -> BraintoolsOptimizer:
         """Registers the weights to optimize and creates their zero velocity.
 
         Args:
@@ -115,25 +130,28 @@ class _BraintoolsOptimizer(MomentumFace, nnx.Pytree):
             weights arrive after the first step. Nothing is changed then.
         """
         new = _flat_weights(weights)
-        old = {} if self.param_states is None else dict(nnx.to_flat_state(self.param_states))
+        old = tree.flatten(self.param_states)
         merged = {**old, **new}
         _check_registration(old, new, merged)
         if set(merged) == set(old):
             return self
-        if self.optimizer is not None and self.step_count > 0:
-            added = sorted(path_str(p) for p in set(merged) - set(old))
+        if self.step_count > 0:
+            added = sorted(tree.path_str(p) for p in set(merged) - set(old))
             raise ValueError(
                 f"register_trainable_weights: new weights {added} after {self.step_count} "
                 "steps; register all weights before the first step."
             )
         states = nnx.from_flat_state(sorted(merged.items(), key=lambda kv: str(kv[0])))
-        lr = self.lr if self.lr is not None else self._schedule
-        optimizer = MomentumOptimizer(states, lr=lr, wrt=nnx.Variable, **self._args)
+        optimizer = self._optimizer_over(states, self.config, self.lr)
         # Everything is validated and built: only now change this object.
-        self._pending_lr = None
         self.param_states = nnx.data(states)
         self.optimizer = nnx.data(optimizer)
         return self
+
+    @property
+    def registered(self) -> bool:
+        """Whether any weights are registered."""
+        return len(self.param_states) > 0
 
     # -- the update ----------------------------------------------------------------
     def step(self, grads: Any) -> None:
@@ -148,7 +166,7 @@ class _BraintoolsOptimizer(MomentumFace, nnx.Pytree):
           ValueError: naming the path, for a missing or unknown gradient, or a
             shape or dtype that differs from its weight. Nothing is updated then.
         """
-        if self.optimizer is None:
+        if not self.registered:
             raise RuntimeError(
                 f"{type(self).__name__}.step() before register_trainable_weights(...): "
                 "register nnx.state(model, nnx.Param) (or the model) first."
@@ -157,31 +175,86 @@ class _BraintoolsOptimizer(MomentumFace, nnx.Pytree):
 
     update = step
 
-    # -- attributes ------------------------------------------------------------------
+    # -- what the core holds -----------------------------------------------------------
     @property
-    def lr(self) -> LRScheduler | None:
-        """The scheduler driving the LR (``None`` for an optax schedule)."""
-        return self._pending_lr if self.optimizer is None else self.optimizer.lr
+    def config(self) -> MomentumConfig:  # type: ignore[override]
+        """The :class:`~nnx_momentum.MomentumConfig` of the update."""
+        return self.optimizer.config
+
+    @property
+    def lr(self) -> LRScheduler:
+        """The scheduler driving the LR (a float became ``FixedLR``)."""
+        return self.optimizer.lr
+
+    @property
+    def tx(self) -> optax.GradientTransformation:
+        """The optax transformation applied (the core's ``tx``)."""
+        return self.optimizer.tx
+
+    def default_tx(self) -> optax.GradientTransformation:
+        """The optax transformation ``step`` applies (:func:`nnx_momentum.momentum`)."""
+        return self.optimizer.tx
 
     @property
     def opt_state(self) -> Any:
         """The optax state (``None`` before registration)."""
-        return None if self.optimizer is None else self.optimizer.opt_state
+        return self.optimizer.opt_state if self.registered else None
 
-    def default_tx(self) -> optax.GradientTransformation:
-        """The optax transformation this optimizer applies (:func:`nnx_momentum.momentum`)."""
-        return self.tx
+    @property
+    def hyperparams(self) -> dict[str, Any]:
+        """JSON: ``{'optimizer': class name, 'lr': scheduler description, **config}``."""
+        return {**self.optimizer.hyperparams, "optimizer": type(self).__name__}
+
+    @property
+    def step_count(self) -> int:
+        """How many updates were applied (eager only); 0 before registration."""
+        return self.optimizer.step_count
+
+    @property
+    def current_lr(self) -> float:
+        """The LR the next step applies (see ``MomentumOptimizer.current_lr``)."""
+        return self.optimizer.current_lr
+
+    @current_lr.setter
+    def current_lr(self, value: float) -> None:
+        self.optimizer.current_lr = value
+
+    @property
+    def base_lr(self) -> float:
+        """The initial LR of the scheduler."""
+        return self.optimizer.base_lr
+
+    def get_last_lr(self) -> list[float]:
+        """``[current_lr]``, as braintools returns it."""
+        return self.optimizer.get_last_lr()
 
     def state_tree(self) -> nnx.State:
         """``{'step', 'opt_state', 'lr'}`` as live Variables, as ``MomentumOptimizer``'s."""
-        if self.optimizer is None:
+        if not self.registered:
             raise RuntimeError(
                 f"{type(self).__name__} has no state before register_trainable_weights(...)."
             )
         return self.optimizer.state_tree()
 
+    def state_dict(self) -> dict[str, Any]:
+        """Velocity, step count and scheduler state (see ``MomentumOptimizer.state_dict``)."""
+        self.state_tree()  # refuses before registration
+        return self.optimizer.state_dict()
 
-class Momentum(_BraintoolsOptimizer):
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Loads a ``state_dict`` of either face; validated first, nothing half-loaded."""
+        self.state_tree()  # refuses before registration
+        self.optimizer.load_state_dict(state_dict)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # As in MomentumOptimizer: a property's setter runs, never a static attribute.
+        if isinstance(getattr(type(self), name, None), property):
+            object.__setattr__(self, name, value)
+            return
+        super().__setattr__(name, value)
+
+
+class Momentum(BraintoolsOptimizer):
     r"""Heavy-ball momentum, braintools-style (``braintools.optim.Momentum``).
 
     .. math::
@@ -215,7 +288,7 @@ class Momentum(_BraintoolsOptimizer):
 
     def __init__(
         self,
-        lr: float | LRScheduler = 0.001,
+        lr: lr_lib.LROption = 0.001,
         momentum: float = 0.9,
         weight_decay: float = 0.0,
         grad_clip_norm: float | None = None,
@@ -226,7 +299,7 @@ class Momentum(_BraintoolsOptimizer):
         )
 
 
-class MomentumNesterov(_BraintoolsOptimizer):
+class MomentumNesterov(BraintoolsOptimizer):
     r"""Nesterov momentum, braintools-style (``braintools.optim.MomentumNesterov``).
 
     .. math::
@@ -246,7 +319,7 @@ class MomentumNesterov(_BraintoolsOptimizer):
 
     def __init__(
         self,
-        lr: float | LRScheduler = 0.001,
+        lr: lr_lib.LROption = 0.001,
         momentum: float = 0.9,
         weight_decay: float = 0.0,
         grad_clip_norm: float | None = None,
@@ -255,7 +328,7 @@ class MomentumNesterov(_BraintoolsOptimizer):
         super().__init__(lr, momentum, weight_decay, grad_clip_norm, grad_clip_value, nesterov=True)
 
 
-class SGD(_BraintoolsOptimizer):
+class SGD(BraintoolsOptimizer):
     r"""Stochastic gradient descent with optional momentum (``braintools.optim.SGD``).
 
     With ``momentum=0`` this is :math:`p \leftarrow p - \eta\,(g + \lambda p)`;
@@ -274,7 +347,7 @@ class SGD(_BraintoolsOptimizer):
 
     def __init__(
         self,
-        lr: float | LRScheduler = 0.001,
+        lr: lr_lib.LROption = 0.001,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
         nesterov: bool = False,

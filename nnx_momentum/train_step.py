@@ -3,14 +3,61 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 from flax import nnx
 
 from nnx_momentum.schedulers import SchedulerState
 
-__all__ = ["make_train_step"]
+__all__ = ["TrainStep", "make_train_step"]
+
+
+class TrainStep(Protocol):
+    """What :func:`make_train_step` returns: ``step(*batch)`` and ``step.lower(*batch)``."""
+
+    def __call__(self, *batch: Any) -> Any:
+        """One compiled update; returns the loss (or ``(loss, aux)``)."""
+        ...
+
+    def lower(self, *batch: Any) -> jax.stages.Lowered:
+        """``jax.jit``'s ``lower`` for these batch arguments (HLO, memory analysis)."""
+        ...
+
+
+class _TrainStep:
+    """A :class:`TrainStep`: the compiled pure step and the live Variables it reads."""
+
+    def __init__(
+        self,
+        compiled: Any,
+        written: list[nnx.Variable[Any]],
+        constant: list[nnx.Variable[Any]],
+    ) -> None:
+        self._compiled = compiled
+        self._written = written
+        self._constant = constant
+
+    def __call__(self, *batch: Any) -> Any:
+        out, arrays = self._compiled(
+            [var.get_raw_value() for var in self._written],
+            [var.get_raw_value() for var in self._constant],
+            *batch,
+        )
+        for var, array in zip(self._written, arrays, strict=True):
+            # The same Variable objects get the new buffers, so the model and the
+            # optimizer stay the source of truth.
+            var.set_raw_value(array)
+        return out
+
+    def lower(self, *batch: Any) -> jax.stages.Lowered:
+        """``jax.jit``'s ``lower`` for these batch arguments (HLO, memory analysis)."""
+        lowered: jax.stages.Lowered = self._compiled.lower(
+            [var.get_raw_value() for var in self._written],
+            [var.get_raw_value() for var in self._constant],
+            *batch,
+        )
+        return lowered
 
 
 def make_train_step(
@@ -20,7 +67,7 @@ def make_train_step(
     *,
     has_aux: bool = False,
     donate: bool = True,
-) -> Callable[..., Any]:
+) -> TrainStep:
     r"""A compiled ``step(*batch) -> loss`` (or ``(loss, aux)``) for ``model``.
 
     Each call computes :math:`\nabla_p\, \mathrm{loss\_fn}(model, *batch)` and
@@ -101,30 +148,7 @@ def make_train_step(
             raise RuntimeError("make_train_step: the scheduler state changed inside the step.")
         return out, [n for ro, n in zip(read_only, new) if not ro]
 
-    compiled = jax.jit(pure_step, donate_argnums=0 if donate else ())
-
-    def step(*batch: Any) -> Any:
-        out, arrays = compiled(
-            [var.get_raw_value() for var in written],
-            [var.get_raw_value() for var in constant],
-            *batch,
-        )
-        for var, array in zip(written, arrays):
-            # What flax's own jit_partial does to write results back: the same
-            # Variable objects, so the model and optimizer stay the source of truth.
-            object.__setattr__(var, "_raw_value", array)
-        return out
-
-    def lower(*batch: Any) -> Any:
-        """``jax.jit``'s ``lower`` for these batch arguments (HLO, memory analysis)."""
-        return compiled.lower(
-            [var.get_raw_value() for var in written],
-            [var.get_raw_value() for var in constant],
-            *batch,
-        )
-
-    step.lower = lower
-    return step
+    return _TrainStep(jax.jit(pure_step, donate_argnums=0 if donate else ()), written, constant)
 
 
 def _check_plain_variables(paths: tuple, live: tuple) -> None:

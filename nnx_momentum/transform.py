@@ -8,15 +8,15 @@ Everything else in the package -- the braintools-style optimizers, the
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from nnx_momentum import _validation
+from nnx_momentum.config import MomentumConfig
 
-__all__ = ["momentum", "learning_rate_of", "with_learning_rate"]
+__all__ = ["from_config", "learning_rate_of", "momentum", "with_learning_rate"]
 
 LEARNING_RATE = "learning_rate"
 """The key of the learning rate in ``state.hyperparams`` of a :func:`momentum` state."""
@@ -25,24 +25,22 @@ ScalarOrSchedule = float | jax.Array | Callable[[jax.typing.ArrayLike], jax.typi
 
 
 def _momentum_chain(
-    learning_rate: jax.typing.ArrayLike,
-    momentum: float,
-    nesterov: bool,
-    weight_decay: float,
-    grad_clip_norm: float | None,
-    grad_clip_value: float | None,
-    accumulator_dtype: Any,
+    learning_rate: jax.typing.ArrayLike, config: MomentumConfig
 ) -> optax.GradientTransformation:
-    """The update of SPEC section 2 built from optax primitives, in order."""
+    """The update of :func:`momentum`'s docstring, built from optax primitives in order."""
     steps: list[optax.GradientTransformation] = []
-    if grad_clip_norm is not None:
-        steps.append(optax.clip_by_global_norm(grad_clip_norm))
-    if grad_clip_value is not None:
-        steps.append(optax.clip(grad_clip_value))
-    if weight_decay:
-        steps.append(optax.add_decayed_weights(weight_decay))
+    if config.grad_clip_norm is not None:
+        steps.append(optax.clip_by_global_norm(config.grad_clip_norm))
+    if config.grad_clip_value is not None:
+        steps.append(optax.clip(config.grad_clip_value))
+    if config.weight_decay:
+        steps.append(optax.add_decayed_weights(config.weight_decay))
     steps.append(
-        optax.trace(decay=momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype)
+        optax.trace(
+            decay=config.momentum,
+            nesterov=config.nesterov,
+            accumulator_dtype=config.velocity_dtype,
+        )
     )
     steps.append(_scale_by_negative_lr(learning_rate))
     return optax.chain(*steps)
@@ -58,19 +56,9 @@ def _scale_by_negative_lr(learning_rate: jax.typing.ArrayLike) -> optax.Gradient
 
     def scale(updates: optax.Updates, params: optax.Params | None = None) -> optax.Updates:
         del params
-        return jax.tree.map(lambda u: u * jnp.asarray(-learning_rate, u.dtype), updates)
+        return jax.tree.map(lambda u: u * -jnp.asarray(learning_rate, u.dtype), updates)
 
     return optax.stateless(scale)
-
-
-_STATIC = (
-    "momentum",
-    "nesterov",
-    "weight_decay",
-    "grad_clip_norm",
-    "grad_clip_value",
-    "accumulator_dtype",
-)
 
 
 def momentum(
@@ -81,7 +69,7 @@ def momentum(
     weight_decay: float = 0.0,
     grad_clip_norm: float | None = None,
     grad_clip_value: float | None = None,
-    accumulator_dtype: Any = None,
+    accumulator_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Heavy-ball momentum with coupled weight decay and gradient clipping.
 
@@ -139,26 +127,46 @@ def momentum(
       >>> float(state.hyperparams["learning_rate"])
       0.1...
     """
-    if not callable(learning_rate):
-        _validation.non_negative("learning_rate", learning_rate)
-    mu = _validation.momentum_args(momentum, nesterov)
-    wd = _validation.non_negative("weight_decay", weight_decay)
-    clip_norm = _validation.optional_positive("grad_clip_norm", grad_clip_norm)
-    clip_value = _validation.optional_positive("grad_clip_value", grad_clip_value)
-    if accumulator_dtype is not None:
-        _validation.float_dtype("accumulator_dtype", accumulator_dtype)
-    inject = optax.inject_hyperparams(
-        _momentum_chain, static_args=_STATIC, hyperparam_dtype=jnp.float32
-    )
-    return inject(
-        learning_rate=learning_rate,
-        momentum=mu,
-        nesterov=bool(nesterov),
-        weight_decay=wd,
-        grad_clip_norm=clip_norm,
-        grad_clip_value=clip_value,
+    config = MomentumConfig(
+        momentum=momentum,
+        nesterov=nesterov,
+        weight_decay=weight_decay,
+        grad_clip_norm=grad_clip_norm,
+        grad_clip_value=grad_clip_value,
         accumulator_dtype=accumulator_dtype,
     )
+    return from_config(config, learning_rate)
+
+
+def from_config(
+    config: MomentumConfig, learning_rate: ScalarOrSchedule
+) -> optax.GradientTransformationExtraArgs:
+    """:func:`momentum` for a :class:`~nnx_momentum.MomentumConfig`: what every face applies.
+
+    Args:
+      config: the static hyperparameters.
+      learning_rate: a float (validated) or a schedule ``count -> lr``.
+
+    Returns:
+      The same transformation :func:`momentum` returns for these hyperparameters.
+
+    Raises:
+      ValueError: for a negative or NaN ``learning_rate``.
+
+    Example:
+      >>> import jax.numpy as jnp, nnx_momentum as nm
+      >>> from nnx_momentum.transform import from_config
+      >>> tx = from_config(nm.MomentumConfig(momentum=0.5), 0.1)
+      >>> updates, _ = tx.update({"w": jnp.ones(1)}, tx.init({"w": jnp.zeros(1)}))
+      >>> updates["w"]
+      Array([-0.1], dtype=float32)
+    """
+    if not callable(learning_rate):
+        _validation.non_negative("learning_rate", learning_rate)
+    inject = optax.inject_hyperparams(
+        _momentum_chain, static_args=("config",), hyperparam_dtype=jnp.float32
+    )
+    return inject(learning_rate=learning_rate, config=config)
 
 
 def learning_rate_of(state: optax.InjectStatefulHyperparamsState) -> jax.Array:

@@ -135,7 +135,7 @@ def check_like(expected: Any, given: Any, what: str = "state_dict") -> None:
     unknown = [path_str(k) for k in sorted(set(flat_given) - set(flat_expected))]
     if missing or unknown:
         raise ValueError(
-            f"{what} does not match this optimizer: missing paths {missing}, "
+            f"{what} does not match the live state: missing paths {missing}, "
             f"unknown paths {unknown}. Was it saved with other "
             "hyperparameters (clipping, weight decay), another scheduler or another model?"
         )

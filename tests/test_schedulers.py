@@ -16,10 +16,10 @@ from nnx_momentum import schedulers as sch
 
 RTOL = 1e-5
 ATOL = 1e-7
-TATOL = 6e-7  # the SPEC table is rounded to 6 decimals
+TATOL = 6e-7  # the table is rounded to 6 decimals
 
 # --------------------------------------------------------------------------
-# SPEC section 4 table: values[e] is current_lr after e calls to step().
+# The reference table: values[e] is current_lr after e calls to step().
 # --------------------------------------------------------------------------
 PLATEAU_METRICS = [1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5]
 
@@ -128,6 +128,40 @@ def test_all_required_names_exported():
     PiecewiseConstantSchedule""".split()
     for name in [*required, "FixedLR", "LRScheduler", "SchedulerState", "as_scheduler"]:
         assert name in sch.__all__ and hasattr(sch, name)
+
+
+SCHEDULER_CLASSES = [
+    getattr(sch, n)
+    for n in sch.__all__
+    if isinstance(getattr(sch, n), type) and issubclass(getattr(sch, n), sch.LRScheduler)
+]
+
+
+@pytest.mark.parametrize("cls", SCHEDULER_CLASSES, ids=lambda c: c.__name__)
+def test_signature_names_the_constructor_parameters(cls):
+    """nnx's metaclass would show (*args, **kwargs); help() and inspect see __init__'s."""
+    import inspect
+    import pydoc
+
+    params = list(inspect.signature(cls).parameters)
+    assert params == list(inspect.signature(cls.__init__).parameters)[1:]
+    assert "args" not in params and "kwargs" not in params and "self" not in params
+    assert f"{cls.__name__}({params[0]}" in pydoc.render_doc(cls, renderer=pydoc.plaintext)
+
+
+def test_signature_examples_and_instances_keep_call_signature():
+    import inspect
+
+    assert list(inspect.signature(sch.StepLR).parameters) == [
+        "base_lr",
+        "step_size",
+        "gamma",
+        "last_epoch",
+    ]
+    assert list(inspect.signature(sch.LRScheduler).parameters) == ["base_lr", "last_epoch"]
+    assert list(inspect.signature(sch.ChainedScheduler).parameters) == ["schedulers"]
+    # an instance is an optax schedule: its signature is __call__'s
+    assert list(inspect.signature(sch.StepLR(0.1)).parameters) == ["count"]
 
 
 @pytest.mark.parametrize("name", list(TABLE))
@@ -269,6 +303,11 @@ def test_load_state_dict_validates_before_writing():
         s.load_state_dict(missing)
     with pytest.raises(ValueError, match="bogus"):
         s.load_state_dict({**good, "bogus": jnp.zeros(())})
+    # the package's loading rule (nnx_momentum.tree): another dtype is refused, never cast
+    with pytest.raises(ValueError, match="num_bad_epochs.*dtype"):
+        s.load_state_dict({**good, "num_bad_epochs": jnp.asarray(2.0, jnp.float32)})
+    with pytest.raises(TypeError, match="dict"):
+        s.load_state_dict([good])
     after = {k: np.asarray(v) for k, v in s.state_dict().items()}
     assert all(np.array_equal(before[k], after[k]) for k in before)
 

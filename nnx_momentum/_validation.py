@@ -3,59 +3,93 @@
 Every check raises ``ValueError`` naming the argument, the value received and
 what was expected, so bad hyperparameters fail at construction, before any
 state is created or mutated.
+
+Traced values (an optimizer built under ``jax.jit``, ``nnx.jit``,
+``nnx.eval_shape`` or ``jax.vmap``, e.g. ``optax.inject_hyperparams(nm.momentum)``
+or a sweep over learning rates) cannot be inspected: they pass through
+unchecked, and checks apply to concrete values only.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
+import jax
+import numpy as np
 
-def _as_float(name: str, value: Any) -> float:
-    try:
-        result = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real number, got {value!r}.") from None
+
+def is_traced(value: Any) -> bool:
+    """Whether ``value`` is a jax tracer (its value is unknown until run time)."""
+    return isinstance(value, jax.core.Tracer)
+
+
+def _as_float(name: str, value: Any) -> Any:
+    """``value`` as a finite Python float (float32-representable), or a tracer as is."""
+    if is_traced(value):
+        return value
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (numbers.Real, np.ndarray, np.generic, jax.Array)
+    ):
+        raise ValueError(f"{name} must be a real number, got {value!r}.")
+    if np.ndim(value) != 0 or not np.issubdtype(np.asarray(value).dtype, np.number):
+        raise ValueError(f"{name} must be a real scalar, got {value!r}.")
+    result = float(value)
     if math.isnan(result):
         raise ValueError(f"{name} must not be NaN, got {value!r}.")
-    return result
+    if not math.isfinite(result) or not math.isfinite(float(np.float32(result))):
+        raise ValueError(f"{name} must be finite (also in float32), got {value!r}.")
+    # A jax array stays an array: it is a runtime hyperparameter (inject_hyperparams),
+    # which must keep its kind between init (concrete) and update (traced).
+    return value if isinstance(value, jax.Array) else result
 
 
-def non_negative(name: str, value: Any) -> float:
-    """Returns ``value`` as a float, or raises if it is NaN or negative."""
+def boolean(name: str, value: Any) -> bool:
+    """Returns ``value`` if it is a bool (or a numpy bool), else raises."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}.")
+    return bool(value)
+
+
+def non_negative(name: str, value: Any) -> Any:
+    """Returns ``value`` as a float, or raises if it is NaN, infinite or negative."""
     result = _as_float(name, value)
-    if result < 0:
+    if not is_traced(result) and float(result) < 0:
         raise ValueError(f"{name} must be >= 0, got {value!r}.")
     return result
 
 
-def positive(name: str, value: Any) -> float:
-    """Returns ``value`` as a float, or raises if it is NaN or not > 0."""
+def positive(name: str, value: Any) -> Any:
+    """Returns ``value`` as a float, or raises if it is NaN, infinite or not > 0."""
     result = _as_float(name, value)
-    if not result > 0:
+    if not is_traced(result) and not float(result) > 0:
         raise ValueError(f"{name} must be > 0, got {value!r}.")
     return result
 
 
-def optional_positive(name: str, value: Any) -> float | None:
+def optional_positive(name: str, value: Any) -> Any:
     """``None`` passes through; anything else must be a float > 0."""
     return None if value is None else positive(name, value)
 
 
-def in_unit_interval(name: str, value: Any, *, closed_right: bool = False) -> float:
+def in_unit_interval(name: str, value: Any, *, closed_right: bool = False) -> Any:
     """Returns ``value`` as a float in ``[0, 1)`` (``[0, 1]`` if ``closed_right``)."""
     result = _as_float(name, value)
-    upper_ok = result <= 1 if closed_right else result < 1
-    if not (result >= 0 and upper_ok):
+    if is_traced(result):
+        return result
+    x = float(result)
+    upper_ok = x <= 1 if closed_right else x < 1
+    if not (x >= 0 and upper_ok):
         interval = "[0, 1]" if closed_right else "[0, 1)"
         raise ValueError(f"{name} must be in {interval}, got {value!r}.")
     return result
 
 
-def momentum_args(momentum: Any, nesterov: bool) -> float:
+def momentum_args(momentum: Any, nesterov: bool) -> Any:
     """Checks ``momentum`` in ``[0, 1)``, and ``> 0`` when ``nesterov``."""
     mu = in_unit_interval("momentum", momentum)
-    if nesterov and mu == 0:
+    if nesterov and not is_traced(mu) and float(mu) == 0:
         raise ValueError(f"nesterov=True needs momentum > 0, got momentum={momentum!r}.")
     return mu
 
@@ -81,14 +115,14 @@ def one_of(name: str, value: Any, choices: tuple[Any, ...]) -> Any:
     return value
 
 
-def float_dtype(name: str, value: Any) -> Any:
-    """Returns ``value`` if it names a floating dtype (``jnp.bfloat16``, ``'float32'``)."""
+def inexact_dtype(name: str, value: Any) -> Any:
+    """Returns ``value`` if it names a floating or complex dtype (``jnp.bfloat16``, ``'c64'``)."""
     import jax.numpy as jnp
 
     try:
         dtype = jnp.dtype(value)
     except TypeError:
-        raise ValueError(f"{name} must be a floating dtype, got {value!r}.") from None
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"{name} must be a floating dtype, got {value!r}.")
+        raise ValueError(f"{name} must be a floating or complex dtype, got {value!r}.") from None
+    if not jnp.issubdtype(dtype, jnp.inexact):
+        raise ValueError(f"{name} must be a floating or complex dtype, got {value!r}.")
     return value

@@ -69,7 +69,7 @@ class MomentumConfig:
     def __post_init__(self) -> None:
         # Normalise every field (floats as Python floats, dtype as its name), so two
         # configs built from different spellings of the same values compare equal.
-        nesterov = bool(self.nesterov)
+        nesterov = _validation.boolean("nesterov", self.nesterov)
         normalised = {
             "momentum": _validation.momentum_args(self.momentum, nesterov),
             "nesterov": nesterov,
@@ -81,7 +81,7 @@ class MomentumConfig:
             "accumulator_dtype": None
             if self.accumulator_dtype is None
             else jnp.dtype(
-                _validation.float_dtype("accumulator_dtype", self.accumulator_dtype)
+                _validation.inexact_dtype("accumulator_dtype", self.accumulator_dtype)
             ).name,
         }
         for name, value in normalised.items():

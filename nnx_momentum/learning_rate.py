@@ -135,8 +135,12 @@ def set_lr_value(lr: LRScheduler, value: float) -> None:
     lr.current_lr[...] = jnp.asarray(_validation.non_negative("current_lr", value), jnp.float32)
 
 
-def initial_learning_rate(lr: LRScheduler) -> float | optax.Schedule:
-    """What the transformation is built with: the schedule itself, or the first LR."""
+def initial_learning_rate(lr: LRScheduler) -> jax.Array | optax.Schedule:
+    """What the transformation is built with: the schedule itself, or the first LR.
+
+    The first LR stays an array (never ``float()``), so an optimizer can be built
+    under ``nnx.jit`` or ``nnx.eval_shape``, where it is traced.
+    """
     if isinstance(lr, OptaxSchedule):
         return lr.schedule
-    return float(lr.current_lr[...])
+    return lr.current_lr[...]

@@ -33,7 +33,10 @@ def _momentum_chain(
         steps.append(optax.clip_by_global_norm(config.grad_clip_norm))
     if config.grad_clip_value is not None:
         steps.append(optax.clip(config.grad_clip_value))
-    if config.weight_decay:
+    # An array weight decay is a runtime hyperparameter (``optax.inject_hyperparams(
+    # nm.momentum)``): concrete at init, traced in update, so the chain's structure
+    # cannot depend on its value. Keep the term; ``g + 0 * p`` is ``g`` exactly.
+    if isinstance(config.weight_decay, jax.Array) or config.weight_decay:
         steps.append(optax.add_decayed_weights(config.weight_decay))
     steps.append(
         optax.trace(

@@ -11,7 +11,10 @@ one rule for loading values into live Variables:
   a value of another dtype is refused, never silently cast;
 - a loaded value lands on the device(s) and sharding its live Variable has now,
   as a fresh copy (never aliasing the caller's buffer, which a donated compiled
-  step would otherwise invalidate).
+  step would otherwise invalidate);
+- a Variable added to the state layout after a release is created with the
+  metadata ``since=<version>`` (:func:`optional`): a tree saved before then may
+  lack it, and loading keeps its live value. Every other path is required.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ import numpy as np
 from flax import nnx
 
 __all__ = [
+    "SINCE",
     "Path",
     "check_like",
+    "is_optional",
     "flatten",
     "live_variables",
     "load_into",
@@ -37,6 +42,21 @@ __all__ = [
 
 Path = tuple[str, ...]
 SEP = "/"
+SINCE = "since"
+"""Variable metadata: the package version that added it to the state layout."""
+
+
+def is_optional(leaf: Any) -> bool:
+    """Whether ``leaf`` is a Variable that older saved trees may lack (``since`` metadata).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from nnx_momentum.tree import is_optional
+      >>> is_optional(nnx.Variable(jnp.zeros(()), since="0.2.0")), is_optional(jnp.zeros(()))
+      (True, False)
+    """
+    return isinstance(leaf, nnx.Variable) and SINCE in leaf.get_metadata()
 
 
 def path_str(path: tuple[Any, ...]) -> str:
@@ -131,7 +151,11 @@ def check_like(expected: Any, given: Any, what: str = "state_dict") -> None:
         paths [...]'``, or ``'<what> at <path>: expected shape/dtype ..., got ...'``.
     """
     flat_expected, flat_given = flatten(expected), flatten(given)
-    missing = [path_str(k) for k in sorted(set(flat_expected) - set(flat_given))]
+    missing = [
+        path_str(k)
+        for k in sorted(set(flat_expected) - set(flat_given))
+        if not is_optional(flat_expected[k])
+    ]
     unknown = [path_str(k) for k in sorted(set(flat_given) - set(flat_expected))]
     if missing or unknown:
         raise ValueError(
@@ -140,6 +164,8 @@ def check_like(expected: Any, given: Any, what: str = "state_dict") -> None:
             "hyperparameters (clipping, weight decay), another scheduler or another model?"
         )
     for path, ref in flat_expected.items():
+        if path not in flat_given:
+            continue  # an optional Variable, absent from an older tree
         ref, value = _value(ref), _value(flat_given[path])
         if np.shape(ref) != np.shape(value):
             raise ValueError(
@@ -183,6 +209,8 @@ def load_into(tree: Any, values: Any, what: str = "state_dict") -> None:
     check_like(state, values, what)
     given = flatten(values)
     for path, var in live.items():
+        if path not in given:
+            continue  # optional and absent (see the module docstring): keep the live value
         sharding = getattr(var.get_value(), "sharding", None)
         var.set_value(jax.device_put(_value(given[path]), sharding, may_alias=False))
 

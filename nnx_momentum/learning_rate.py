@@ -13,27 +13,30 @@ or an optax schedule of the update count. :func:`as_lr` turns each into an
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from nnx_momentum import _validation
-from nnx_momentum.schedulers import LRScheduler, as_scheduler
+from nnx_momentum.schedulers import FixedLR, LRScheduler, as_scheduler
 
 __all__ = [
     "LROption",
     "OptaxSchedule",
     "as_lr",
+    "group_initial_lrs",
     "initial_learning_rate",
     "lr_value",
+    "reported",
     "set_lr_value",
 ]
 
-LROption = float | LRScheduler | Callable[[Any], Any]
-"""What an optimizer's ``lr`` argument may be."""
+LROption = float | Sequence[float] | LRScheduler | Callable[[Any], Any]
+"""What an optimizer's ``lr`` argument may be (a list: one fixed LR per parameter group)."""
 
 
 class OptaxSchedule(LRScheduler):
@@ -110,6 +113,8 @@ def as_lr(lr: LROption) -> LRScheduler:
     """
     if callable(lr) and not isinstance(lr, LRScheduler):
         return OptaxSchedule(lr)
+    if isinstance(lr, (list, tuple)):
+        return FixedLR(list(lr))
     return as_scheduler(lr)
 
 
@@ -133,6 +138,38 @@ def set_lr_value(lr: LRScheduler, value: float) -> None:
             "float or an nnx_momentum scheduler as lr to control it at run time."
         )
     lr.current_lr[...] = jnp.asarray(_validation.non_negative("current_lr", value), jnp.float32)
+
+
+def reported(value: float) -> float:
+    """The shortest decimal that rounds to the same float32: what the user wrote.
+
+    ``lr=0.01`` is applied as float32 (0.009999999776...); reported, it reads 0.01.
+
+    Example:
+      >>> from nnx_momentum.learning_rate import reported
+      >>> reported(0.009999999776482582), reported(0.0125)
+      (0.01, 0.0125)
+    """
+    return float(str(np.float32(value)))
+
+
+def group_initial_lrs(lr: LRScheduler, n_groups: int) -> list[Any]:
+    """Each group's initial LR: the schedule (optax), or the scheduler's LR for the group.
+
+    Raises:
+      ValueError: the scheduler drives neither 1 nor ``n_groups`` LRs.
+    """
+    if isinstance(lr, OptaxSchedule):
+        return [lr.schedule] * n_groups
+    current = lr.current_lr[...]
+    if current.ndim == 0:
+        return [current] * n_groups
+    if current.shape != (n_groups,):
+        raise ValueError(
+            f"lr drives {current.shape[0]} LRs (one per base LR), but there are {n_groups} "
+            f"parameter groups: give it 1 base LR (shared) or {n_groups}."
+        )
+    return [current[k] for k in range(n_groups)]
 
 
 def initial_learning_rate(lr: LRScheduler) -> jax.Array | optax.Schedule:

@@ -10,6 +10,7 @@ and loads into either face.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import jax
@@ -17,12 +18,14 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from nnx_momentum import groups as groups_lib
 from nnx_momentum import learning_rate as lr_lib
 from nnx_momentum import tree
 from nnx_momentum._signature import public_signature
 from nnx_momentum.config import ConfigAttributes, MomentumConfig
+from nnx_momentum.groups import ParamGroup
 from nnx_momentum.schedulers import LRScheduler
-from nnx_momentum.transform import LEARNING_RATE, from_config
+from nnx_momentum.transform import LEARNING_RATE, from_config, grouped
 
 __all__ = ["MomentumOptimizer"]
 
@@ -56,6 +59,12 @@ class MomentumOptimizer(ConfigAttributes, nnx.Optimizer[M]):
       nesterov, weight_decay, grad_clip_norm, grad_clip_value,
       accumulator_dtype: as in :func:`nnx_momentum.momentum` (the fields of
         :class:`~nnx_momentum.MomentumConfig`).
+      groups: parameter groups (:class:`~nnx_momentum.ParamGroup`), each an nnx
+        filter with its own ``lr``, ``momentum``, ``nesterov`` or ``weight_decay``;
+        group 0 is every parameter no group selects. See :mod:`nnx_momentum.groups`.
+      tx_wrapper: a function wrapping the transformation, e.g.
+        ``lambda tx: optax.MultiSteps(tx, every_k_schedule=4)`` for gradient
+        accumulation; the runtime LR and the scheduler keep working through it.
       graph: graph mode (``True``) or tree mode (``False``), as in ``nnx.Optimizer``.
 
     Attributes:
@@ -64,7 +73,10 @@ class MomentumOptimizer(ConfigAttributes, nnx.Optimizer[M]):
         ``FixedLR``, an optax schedule an ``OptaxSchedule``).
 
     Raises:
-      ValueError: naming the argument, for a hyperparameter out of range.
+      ValueError: naming the argument, for a hyperparameter out of range, a
+        parameter that is not floating or complex, or a group that selects nothing.
+      TypeError: ``groups`` items that are not ``ParamGroup``s, or a ``tx_wrapper``
+        that does not return a transformation.
 
     Example:
       >>> import jax.numpy as jnp
@@ -95,6 +107,8 @@ class MomentumOptimizer(ConfigAttributes, nnx.Optimizer[M]):
         grad_clip_norm: float | None = None,
         grad_clip_value: float | None = None,
         accumulator_dtype: jax.typing.DTypeLike | None = None,
+        groups: Sequence[ParamGroup] = (),
+        tx_wrapper: Callable[[optax.GradientTransformation], Any] | None = None,
         graph: bool | None = None,
     ):
         config = MomentumConfig(
@@ -105,11 +119,30 @@ class MomentumOptimizer(ConfigAttributes, nnx.Optimizer[M]):
             grad_clip_value=grad_clip_value,
             accumulator_dtype=accumulator_dtype,
         )
-        scheduler = lr_lib.as_lr(lr)
-        tx = from_config(config, lr_lib.initial_learning_rate(scheduler))
+        groups = _checked_groups(groups)
+        _check_inexact(model, wrt, graph)
+        scheduler = lr_lib.as_lr(_lr_with_group_lrs(lr, groups))
+        if groups:
+            configs = groups_lib.group_configs(config, groups)
+            labels = groups_lib.group_labels(model, wrt, groups, graph=graph)
+            tx: Any = grouped(configs, lr_lib.group_initial_lrs(scheduler, len(configs)), labels)
+        else:
+            configs, labels = [config], {}
+            tx = from_config(config, lr_lib.initial_learning_rate(scheduler))
+        if tx_wrapper is not None:
+            tx = tx_wrapper(tx)
+            if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
+                raise TypeError(
+                    f"tx_wrapper must return an optax transformation, got {type(tx).__name__}."
+                )
         super().__init__(model, tx, wrt=wrt, graph=graph)
         self.config = config
+        self.group_configs = tuple(configs)
+        self.group_labels = tuple(sorted(labels.items()))
         self.lr = scheduler
+        # Where the runtime LR lives: the optax state itself unless groups or a
+        # wrapper nest it (then found once here, by group).
+        self._nested_lr = bool(groups) or tx_wrapper is not None
 
     def __setattr__(self, name: str, value: Any) -> None:
         # ``nnx.Pytree.__setattr__`` would record a property name (``current_lr``)
@@ -139,8 +172,17 @@ class MomentumOptimizer(ConfigAttributes, nnx.Optimizer[M]):
         """
         grads = tree.match_grads(nnx.state(model, self.wrt, graph=self.graph), grads)
         if not isinstance(self.lr, lr_lib.OptaxSchedule):
-            self.opt_state.hyperparams[LEARNING_RATE][...] = self.lr.current_lr[...]
+            lr = self.lr.current_lr[...]
+            states = self._lr_states()
+            for k, state in enumerate(states):
+                state.hyperparams[LEARNING_RATE][...] = lr if lr.ndim == 0 else lr[k]
         return super().update(model, grads, **kwargs)
+
+    def _lr_states(self) -> list[Any]:
+        """The optax inject states holding each group's runtime LR, in group order."""
+        if not self._nested_lr:
+            return [self.opt_state]
+        return groups_lib.inject_states(self.opt_state)
 
     # -- state -------------------------------------------------------------------------
     def state_tree(self) -> nnx.State:
@@ -182,8 +224,34 @@ class MomentumOptimizer(ConfigAttributes, nnx.Optimizer[M]):
 
     @property
     def hyperparams(self) -> dict[str, Any]:
-        """JSON: ``{'optimizer': class name, 'lr': scheduler description, **config}``."""
-        return {"optimizer": type(self).__name__, "lr": self.lr.describe(), **self.config.to_json()}
+        """JSON: ``{'optimizer': class name, 'lr': scheduler description, **config}``.
+
+        With parameter groups, ``'groups'`` lists the other groups' configs.
+        """
+        out = {"optimizer": type(self).__name__, "lr": self.lr.describe(), **self.config.to_json()}
+        if len(self.group_configs) > 1:
+            out["groups"] = [c.to_json() for c in self.group_configs[1:]]
+        return out
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """One dict per group, torch/braintools style (eager only).
+
+        ``{'params': [parameter paths], 'lr': float, 'momentum', 'nesterov',
+        'weight_decay'}``; group 0 first.
+        """
+        lrs = self.get_last_lr()
+        out = []
+        for k, config in enumerate(self.group_configs):
+            paths = [tree.path_str(p) for p, label in self.group_labels if label == str(k)]
+            out.append(
+                {
+                    "params": paths,
+                    "lr": lrs[k] if len(lrs) > 1 else lrs[0],
+                    **{name: getattr(config, name) for name in groups_lib.OVERRIDABLE},
+                }
+            )
+        return out
 
     # -- learning rate --------------------------------------------------------------
     @property
@@ -192,7 +260,7 @@ class MomentumOptimizer(ConfigAttributes, nnx.Optimizer[M]):
 
         Setting it overwrites the scheduler's current LR until its next ``step()``.
         """
-        return float(lr_lib.lr_value(self.lr, self.opt_state.count[...]))
+        return self.get_last_lr()[0]
 
     @current_lr.setter
     def current_lr(self, value: float) -> None:
@@ -204,9 +272,52 @@ class MomentumOptimizer(ConfigAttributes, nnx.Optimizer[M]):
         return float(self.lr.base_lr)
 
     def get_last_lr(self) -> list[float]:
-        """``[current_lr]``, as braintools returns it."""
-        return [self.current_lr]
+        """The LR of each group (one per scheduler base LR), as braintools returns it."""
+        count = self._lr_states()[0].count[...]
+        values = jnp.atleast_1d(lr_lib.lr_value(self.lr, count))
+        return [lr_lib.reported(v) for v in values.tolist()]
 
     def default_tx(self) -> optax.GradientTransformation:
         """The optax transformation ``update`` applies (``self.tx``)."""
         return self.tx
+
+
+def _checked_groups(groups: Sequence[ParamGroup]) -> tuple[ParamGroup, ...]:
+    """``groups`` as a tuple, each a ``ParamGroup``."""
+    out = tuple(groups)
+    for i, group in enumerate(out):
+        if not isinstance(group, ParamGroup):
+            raise TypeError(f"groups[{i}] must be an nm.ParamGroup, got {type(group).__name__}.")
+    return out
+
+
+def _lr_with_group_lrs(lr: lr_lib.LROption, groups: Sequence[ParamGroup]) -> lr_lib.LROption:
+    """A float ``lr`` and groups' own ``lr`` become one per-group list (a ``FixedLR``).
+
+    Raises:
+      ValueError: a group sets ``lr`` while ``lr`` is a scheduler (give the
+        scheduler one base LR per group instead).
+    """
+    given = [(i, g.lr) for i, g in enumerate(groups) if g.lr is not None]
+    if not given:
+        return lr
+    if isinstance(lr, LRScheduler) or callable(lr):
+        i = given[0][0]
+        raise ValueError(
+            f"groups[{i}].lr is set, but lr is a scheduler: give the scheduler one base LR "
+            f"per group instead (e.g. nm.StepLR(base_lr=[0.1, 0.01], ...) for 2 groups), "
+            "and leave the groups' lr unset."
+        )
+    return [float(lr), *(float(lr) if g.lr is None else g.lr for g in groups)]
+
+
+def _check_inexact(model: Any, wrt: Any, graph: bool | None) -> None:
+    """Refuses parameters that are not floating or complex (momentum cannot update them)."""
+    for path, var in nnx.to_flat_state(nnx.state(model, wrt, graph=graph)):
+        dtype = getattr(var.get_value(), "dtype", None)
+        if dtype is not None and not jnp.issubdtype(dtype, jnp.inexact):
+            raise ValueError(
+                f"the parameter at {tree.path_str(path)!r} has dtype {dtype}; momentum updates "
+                "floating or complex parameters only. Narrow wrt (e.g. wrt=nnx.Param) or "
+                "keep integer/bool state in another Variable type."
+            )

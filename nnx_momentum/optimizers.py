@@ -9,15 +9,18 @@ checkpoints are exactly those of the ``nnx.Optimizer`` face.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import optax
 from flax import nnx
 
+from nnx_momentum import groups as groups_lib
 from nnx_momentum import learning_rate as lr_lib
 from nnx_momentum import tree
 from nnx_momentum._signature import public_signature
 from nnx_momentum.config import ConfigAttributes, MomentumConfig
+from nnx_momentum.groups import ParamGroup
 from nnx_momentum.nnx_optimizer import MomentumOptimizer
 from nnx_momentum.schedulers import LRScheduler
 
@@ -69,6 +72,16 @@ def _check_registration(
         seen[id(var)] = path
 
 
+@dataclasses.dataclass(frozen=True)
+class _Paths:
+    """An nnx filter: the Variables at these paths (a braintools parameter group)."""
+
+    paths: frozenset[Path]
+
+    def __call__(self, path: tuple[Any, ...], value: Any) -> bool:
+        return tuple(map(str, path)) in self.paths
+
+
 class BraintoolsOptimizer(ConfigAttributes, nnx.Pytree):
     """braintools' ``register_trainable_weights`` / ``step`` API, holding a ``MomentumOptimizer``.
 
@@ -101,15 +114,23 @@ class BraintoolsOptimizer(ConfigAttributes, nnx.Pytree):
             grad_clip_norm=grad_clip_norm,
             grad_clip_value=grad_clip_value,
         )
+        # A number is kept as given, so groups can add their own LRs to it.
+        self._fixed_lr = None if isinstance(lr, LRScheduler) or callable(lr) else lr
+        self._groups: tuple[ParamGroup, ...] = ()
+        self.schedulers = nnx.List([])
         self.param_states: nnx.State = nnx.data(nnx.State({}))
-        self.optimizer = nnx.data(self._optimizer_over(self.param_states, config, lr))
+        self.optimizer = nnx.data(self._core(self.param_states, config, lr, ()))
 
-    @staticmethod
-    def _optimizer_over(
-        states: nnx.State, config: MomentumConfig, lr: lr_lib.LROption
+    def _core(
+        self,
+        states: nnx.State,
+        config: MomentumConfig,
+        lr: lr_lib.LROption,
+        groups: tuple[ParamGroup, ...],
     ) -> MomentumOptimizer[nnx.State]:
         """The core over ``states`` (the weights as its model, every Variable trained)."""
-        return MomentumOptimizer(states, lr=lr, wrt=nnx.Variable, **config.to_json())
+        lr = self._fixed_lr if self._fixed_lr is not None else lr
+        return MomentumOptimizer(states, lr=lr, wrt=nnx.Variable, groups=groups, **config.to_json())
 
     # -- registration ------------------------------------------------------------
     def register_trainable_weights(self, weights: Any) -> BraintoolsOptimizer:
@@ -141,12 +162,102 @@ class BraintoolsOptimizer(ConfigAttributes, nnx.Pytree):
                 f"register_trainable_weights: new weights {added} after {self.step_count} "
                 "steps; register all weights before the first step."
             )
-        states = nnx.from_flat_state(sorted(merged.items(), key=lambda kv: str(kv[0])))
-        optimizer = self._optimizer_over(states, self.config, self.lr)
-        # Everything is validated and built: only now change this object.
+        self._rebuild(merged, self._groups)
+        return self
+
+    def add_param_group(self, params: Any, **hyperparams: Any) -> BraintoolsOptimizer:
+        """Adds weights as a new parameter group with its own hyperparameters (braintools).
+
+        Args:
+          params: the group's weights, as for :meth:`register_trainable_weights`;
+            none of them may be registered already.
+          **hyperparams: ``lr`` (a float; with a scheduler, give the scheduler one
+            base LR per group instead), ``momentum``, ``nesterov``,
+            ``weight_decay``; unset ones are the optimizer's.
+
+        Returns:
+          ``self``.
+
+        Raises:
+          ValueError: before ``register_trainable_weights``, after the first
+            step, for weights already registered, or an out-of-range value.
+          TypeError: an unknown hyperparameter name.
+
+        Example:
+          >>> from flax import nnx
+          >>> import nnx_momentum as nm
+          >>> body = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+          >>> head = nnx.Linear(3, 1, rngs=nnx.Rngs(1))
+          >>> opt = nm.Momentum(lr=0.1)
+          >>> opt = opt.register_trainable_weights({"body": nnx.state(body, nnx.Param)})
+          >>> opt = opt.add_param_group({"head": nnx.state(head, nnx.Param)}, lr=0.01)
+          >>> [g["lr"] for g in opt.param_groups]
+          [0.1, 0.01]
+        """
+        unknown = sorted(set(hyperparams) - {"lr", *groups_lib.OVERRIDABLE})
+        if unknown:
+            raise TypeError(
+                f"add_param_group: unknown hyperparameters {unknown}; a group may set lr, "
+                f"{', '.join(groups_lib.OVERRIDABLE)}."
+            )
+        if not self.registered:
+            raise ValueError("register_trainable_weights must be called before add_param_group.")
+        new = _flat_weights(params)
+        old = tree.flatten(self.param_states)
+        old_ids = {id(v) for v in old.values()}
+        taken = sorted(tree.path_str(p) for p, v in new.items() if p in old or id(v) in old_ids)
+        if taken:
+            raise ValueError(f"add_param_group: weights {taken} are already registered.")
+        merged = {**old, **new}
+        _check_registration(old, new, merged)
+        if self.step_count > 0:
+            raise ValueError(
+                f"add_param_group after {self.step_count} steps; add all groups before the "
+                "first step."
+            )
+        group = ParamGroup(_Paths(frozenset(new)), **hyperparams)
+        self._rebuild(merged, (*self._groups, group))
+        return self
+
+    def _rebuild(self, weights: dict[Path, nnx.Variable], groups: tuple[ParamGroup, ...]) -> None:
+        """A new core over ``weights``; this object changes only once it is built."""
+        states = nnx.from_flat_state(sorted(weights.items(), key=lambda kv: str(kv[0])))
+        optimizer = self._core(states, self.config, self.lr, groups)
         self.param_states = nnx.data(states)
         self.optimizer = nnx.data(optimizer)
-        return self
+        self._groups = groups
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """One dict per group: ``{'params': {path: Variable}, 'lr', 'momentum', ...}``."""
+        weights = {tree.path_str(p): v for p, v in tree.flatten(self.param_states).items()}
+        out = self.optimizer.param_groups
+        return [{**g, "params": {p: weights[p] for p in g["params"]}} for g in out]
+
+    # -- braintools' scheduler plumbing --------------------------------------------------
+    def attach_scheduler(self, scheduler: LRScheduler) -> None:
+        """Makes ``scheduler`` drive this optimizer's LR (``scheduler.attach_optimizer(opt)``).
+
+        Raises:
+          ValueError: after the first step (compiled steps hold the old scheduler).
+        """
+        if self.step_count > 0:
+            raise ValueError(
+                f"attach_scheduler after {self.step_count} steps: pass the scheduler as lr "
+                "when building the optimizer."
+            )
+        self._fixed_lr = None
+        self.optimizer = nnx.data(
+            self._core(self.param_states, self.config, scheduler, self._groups)
+        )
+
+    def add_scheduler(self, scheduler: LRScheduler) -> None:
+        """Registers another scheduler; :meth:`get_last_lr` reports the last one (braintools)."""
+        self.schedulers.append(scheduler)
+
+    def lr_apply(self, fn: Any) -> None:
+        """Applies ``fn`` to the scheduler's current LRs (braintools' ``lr_apply``)."""
+        self.lr.apply(fn)
 
     @property
     def registered(self) -> bool:
@@ -225,7 +336,9 @@ class BraintoolsOptimizer(ConfigAttributes, nnx.Pytree):
         return self.optimizer.base_lr
 
     def get_last_lr(self) -> list[float]:
-        """``[current_lr]``, as braintools returns it."""
+        """The LR of each group; the last :meth:`add_scheduler`'s LRs if any (braintools)."""
+        if len(self.schedulers):
+            return self.schedulers[-1].get_last_lr()
         return self.optimizer.get_last_lr()
 
     def state_tree(self) -> nnx.State:
@@ -237,13 +350,14 @@ class BraintoolsOptimizer(ConfigAttributes, nnx.Pytree):
         return self.optimizer.state_tree()
 
     def state_dict(self) -> dict[str, Any]:
-        """Velocity, step count and scheduler state (see ``MomentumOptimizer.state_dict``)."""
-        self.state_tree()  # refuses before registration
+        """Velocity, step count and scheduler state (see ``MomentumOptimizer.state_dict``).
+
+        Before registration, as braintools: a step count of 0 and no velocity.
+        """
         return self.optimizer.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Loads a ``state_dict`` of either face; validated first, nothing half-loaded."""
-        self.state_tree()  # refuses before registration
         self.optimizer.load_state_dict(state_dict)
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 import jax
 from flax import nnx
 
+from nnx_momentum import tree
 from nnx_momentum.schedulers import SchedulerState
 
 __all__ = ["TrainStep", "make_train_step"]
@@ -121,7 +122,7 @@ def make_train_step(
     """
     wrt = getattr(optimizer, "wrt", nnx.Param)
     grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt), has_aux=has_aux)
-    apply = _apply_fn(optimizer)
+    apply = _apply_fn(model, optimizer)
     graphdef = nnx.graphdef((model, optimizer))
     paths, live = zip(*nnx.to_flat_state(nnx.state((model, optimizer))), strict=True)
     _check_plain_variables(paths, live)
@@ -160,11 +161,32 @@ def _check_plain_variables(paths: tuple, live: tuple) -> None:
             )
 
 
-def _apply_fn(optimizer: Any) -> Callable[[Any, Any, Any], None]:
+def _check_registered_on(model: Any, optimizer: Any) -> None:
+    """Refuses a braintools-style optimizer whose weights are not ``model``'s own Variables.
+
+    Its gradients are matched by path, so weights registered from another model
+    with the same paths would silently be trained with this model's gradients.
+    """
+    own = {id(var) for _, var in nnx.to_flat_state(nnx.state(model))}
+    foreign = [
+        tree.path_str(path)
+        for path, var in tree.flatten(optimizer.param_states).items()
+        if id(var) not in own
+    ]
+    if foreign:
+        raise ValueError(
+            f"make_train_step: the optimizer's weights {foreign[:5]} are not Variables of "
+            "model (registered from another model?). Register nnx.state(model, nnx.Param) "
+            "of the model you pass here."
+        )
+
+
+def _apply_fn(model: Any, optimizer: Any) -> Callable[[Any, Any, Any], None]:
     """How to apply grads for this kind of optimizer (checked once, not per call)."""
     if isinstance(optimizer, nnx.Optimizer):
         return lambda model, opt, grads: opt.update(model, grads)
     if callable(getattr(optimizer, "register_trainable_weights", None)):
+        _check_registered_on(model, optimizer)
         return lambda model, opt, grads: opt.step(grads)
     raise TypeError(
         "make_train_step: optimizer must be an nnx.Optimizer (e.g. nm.MomentumOptimizer) "

@@ -7,16 +7,16 @@ Everything else in the package -- the braintools-style optimizers, the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from nnx_momentum import _validation
+from nnx_momentum import _validation, groups
 from nnx_momentum.config import MomentumConfig
 
-__all__ = ["from_config", "learning_rate_of", "momentum", "with_learning_rate"]
+__all__ = ["from_config", "grouped", "learning_rate_of", "momentum", "with_learning_rate"]
 
 LEARNING_RATE = "learning_rate"
 """The key of the learning rate in ``state.hyperparams`` of a :func:`momentum` state."""
@@ -24,15 +24,21 @@ LEARNING_RATE = "learning_rate"
 ScalarOrSchedule = float | jax.Array | Callable[[jax.typing.ArrayLike], jax.typing.ArrayLike]
 
 
-def _momentum_chain(
-    learning_rate: jax.typing.ArrayLike, config: MomentumConfig
-) -> optax.GradientTransformation:
-    """The update of :func:`momentum`'s docstring, built from optax primitives in order."""
+def _clip_steps(config: MomentumConfig) -> list[optax.GradientTransformation]:
+    """Steps 1-2 of the update: clip by global norm, then by value."""
     steps: list[optax.GradientTransformation] = []
     if config.grad_clip_norm is not None:
         steps.append(optax.clip_by_global_norm(config.grad_clip_norm))
     if config.grad_clip_value is not None:
         steps.append(optax.clip(config.grad_clip_value))
+    return steps
+
+
+def _momentum_steps(
+    config: MomentumConfig, learning_rate: jax.typing.ArrayLike
+) -> list[optax.GradientTransformation]:
+    """Steps 3-6 of the update: weight decay, velocity, the LR."""
+    steps: list[optax.GradientTransformation] = []
     # An array weight decay is a runtime hyperparameter (``optax.inject_hyperparams(
     # nm.momentum)``): concrete at init, traced in update, so the chain's structure
     # cannot depend on its value. Keep the term; ``g + 0 * p`` is ``g`` exactly.
@@ -46,7 +52,35 @@ def _momentum_chain(
         )
     )
     steps.append(_scale_by_negative_lr(learning_rate))
-    return optax.chain(*steps)
+    return steps
+
+
+def _momentum_chain(
+    learning_rate: jax.typing.ArrayLike, config: MomentumConfig
+) -> optax.GradientTransformation:
+    """The update of :func:`momentum`'s docstring, built from optax primitives in order."""
+    return optax.chain(*_clip_steps(config), *_momentum_steps(config, learning_rate))
+
+
+def _group_chain(
+    learning_rate: jax.typing.ArrayLike, config: MomentumConfig
+) -> optax.GradientTransformation:
+    """One parameter group's part of the update (clipping is global, before it)."""
+    return optax.chain(*_momentum_steps(config, learning_rate))
+
+
+def _inject(
+    factory: Callable[..., optax.GradientTransformation],
+    config: MomentumConfig,
+    learning_rate: ScalarOrSchedule,
+) -> optax.GradientTransformationExtraArgs:
+    """``factory`` with the LR as a float32 runtime hyperparameter in the state."""
+    if not callable(learning_rate):
+        _validation.non_negative("learning_rate", learning_rate)
+    inject = optax.inject_hyperparams(
+        factory, static_args=("config",), hyperparam_dtype=jnp.float32
+    )
+    return inject(learning_rate=learning_rate, config=config)
 
 
 def _scale_by_negative_lr(learning_rate: jax.typing.ArrayLike) -> optax.GradientTransformation:
@@ -164,12 +198,42 @@ def from_config(
       >>> updates["w"]
       Array([-0.1], dtype=float32)
     """
-    if not callable(learning_rate):
-        _validation.non_negative("learning_rate", learning_rate)
-    inject = optax.inject_hyperparams(
-        _momentum_chain, static_args=("config",), hyperparam_dtype=jnp.float32
+    return _inject(_momentum_chain, config, learning_rate)
+
+
+def grouped(
+    configs: Sequence[MomentumConfig],
+    learning_rates: Sequence[ScalarOrSchedule],
+    labels: dict[tuple[str, ...], str],
+) -> optax.GradientTransformation:
+    """The update with parameter groups (see :mod:`nnx_momentum.groups`).
+
+    Args:
+      configs: one config per group; clipping is read from ``configs[0]`` and
+        applied globally, before the groups.
+      learning_rates: one initial LR (or optax schedule) per group.
+      labels: ``{parameter path: group label '0', '1', ...}``.
+
+    Returns:
+      ``optax.chain(clips, optax.partition({'k': group k's momentum}, labels))``.
+
+    Example:
+      >>> import jax.numpy as jnp, nnx_momentum as nm
+      >>> from nnx_momentum.transform import grouped
+      >>> configs = [nm.MomentumConfig(momentum=0.0)] * 2
+      >>> tx = grouped(configs, [0.1, 0.01], {("a",): "0", ("b",): "1"})
+      >>> params = {"a": jnp.ones(1), "b": jnp.ones(1)}
+      >>> updates, _ = tx.update(params, tx.init(params), params)
+      >>> updates["a"], updates["b"]
+      (Array([-0.1], dtype=float32), Array([-0.01], dtype=float32))
+    """
+    transforms = {
+        str(k): _inject(_group_chain, config, lr)
+        for k, (config, lr) in enumerate(zip(configs, learning_rates, strict=True))
+    }
+    return optax.chain(
+        *_clip_steps(configs[0]), optax.partition(transforms, groups.label_fn(labels))
     )
-    return inject(learning_rate=learning_rate, config=config)
 
 
 def learning_rate_of(state: optax.InjectStatefulHyperparamsState) -> jax.Array:

@@ -32,6 +32,7 @@ __all__ = [
     "Path",
     "check_like",
     "is_optional",
+    "key_str",
     "flatten",
     "live_variables",
     "load_into",
@@ -70,7 +71,7 @@ def path_str(path: tuple[Any, ...]) -> str:
     return SEP.join(str(k) for k in path) or "<root>"
 
 
-def _key_str(key: Any) -> str:
+def key_str(key: Any) -> str:
     """The string of one ``jax.tree_util`` path entry (dict key, index, attribute)."""
     for attr in ("key", "idx", "name"):
         if hasattr(key, attr):
@@ -97,7 +98,7 @@ def flatten(tree: Any) -> dict[Path, Any]:
     if isinstance(tree, nnx.State):
         return {tuple(map(str, path)): leaf for path, leaf in nnx.to_flat_state(tree)}
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_variable)
-    return {tuple(_key_str(k) for k in path): leaf for path, leaf in leaves}
+    return {tuple(key_str(k) for k in path): leaf for path, leaf in leaves}
 
 
 def nest(flat: Mapping[Path, Any]) -> dict[str, Any]:

@@ -22,11 +22,7 @@ from flax import nnx
 
 import nnx_momentum as nm
 from benchmarks._common import MLP, check, fmt, n_params
-
-try:
-    from nnx_momentum import Checkpointer
-except ImportError:  # not exported yet
-    from nnx_momentum.checkpointer import Checkpointer
+from nnx_momentum.checkpoint import Checkpointer
 
 MB = 2**20
 

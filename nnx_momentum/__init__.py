@@ -2,6 +2,7 @@
 
 The public names, re-exported from one module per concept:
 
+- ``config``: :class:`MomentumConfig`, the hyperparameters, written once;
 - ``transform``: :func:`momentum`, the functional core (an optax transformation);
 - ``optimizers``: :class:`Momentum`, :class:`MomentumNesterov`, :class:`SGD` (braintools-style);
 - ``nnx_optimizer``: :class:`MomentumOptimizer` (an ``nnx.Optimizer`` subclass);
@@ -10,7 +11,10 @@ The public names, re-exported from one module per concept:
 - ``checkpointer``: :class:`Checkpointer`, orbax checkpoint and exact resume.
 """
 
-from nnx_momentum.checkpointer import Checkpointer, CheckpointOptions
+from nnx_momentum.checkpoint import Checkpointer, CheckpointOptions
+from nnx_momentum.config import MomentumConfig
+from nnx_momentum.groups import ParamGroup
+from nnx_momentum.learning_rate import OptaxSchedule
 from nnx_momentum.nnx_optimizer import MomentumOptimizer
 from nnx_momentum.optimizers import SGD, Momentum, MomentumNesterov
 from nnx_momentum.schedulers import (
@@ -35,7 +39,7 @@ from nnx_momentum.schedulers import (
     WarmupCosineSchedule,
     WarmupScheduler,
 )
-from nnx_momentum.train_step import make_train_step
+from nnx_momentum.train_step import TrainStep, make_train_step
 from nnx_momentum.transform import learning_rate_of, momentum, with_learning_rate
 
 __all__ = [
@@ -53,16 +57,20 @@ __all__ = [
     "LRScheduler",
     "LinearLR",
     "Momentum",
+    "MomentumConfig",
     "MomentumNesterov",
     "MomentumOptimizer",
     "MultiStepLR",
     "OneCycleLR",
+    "OptaxSchedule",
+    "ParamGroup",
     "PiecewiseConstantSchedule",
     "PolynomialLR",
     "ReduceLROnPlateau",
     "SchedulerState",
     "SequentialLR",
     "StepLR",
+    "TrainStep",
     "WarmupCosineSchedule",
     "WarmupScheduler",
     "learning_rate_of",

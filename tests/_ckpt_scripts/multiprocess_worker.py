@@ -1,4 +1,6 @@
-"""Multi-process checkpoint worker: 2 processes joined with ``jax.distributed`` (SPEC section 5).
+"""Multi-process checkpoint worker: 2 processes joined with ``jax.distributed``.
+
+What it checks is README.md's "Checkpoint and resume" ("Any devices") across processes.
 
 Run by ``tests/test_checkpointer_multiprocess.py``. Each mode sets ``JAX_PLATFORMS=cpu``
 and ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` itself, before jax is
@@ -80,7 +82,7 @@ def _imports():
     import common  # noqa: PLC0415
 
     import nnx_momentum as nm  # noqa: PLC0415
-    from nnx_momentum.checkpointer import Checkpointer  # noqa: PLC0415
+    from nnx_momentum.checkpoint import Checkpointer  # noqa: PLC0415
 
 
 def _build(seed: int):

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import nnx_momentum as nm  # noqa: E402
-from nnx_momentum.checkpointer import Checkpointer  # noqa: E402
+from nnx_momentum.checkpoint import Checkpointer  # noqa: E402
 
 
 def main(mode: str, directory: str, *args: str) -> None:

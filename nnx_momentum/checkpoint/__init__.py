@@ -1,0 +1,20 @@
+"""Orbax checkpoint and exact resume of a model and its optimizer.
+
+One concept per module:
+
+- ``options``: :class:`CheckpointOptions` (retention, interval, async saves);
+- ``checkpointer``: :class:`Checkpointer`, save / restore / metadata;
+- ``targets``: restore targets built from the live objects, PRNG key arrays;
+- ``metadata``: the JSON item of each step and the hyperparameter check;
+- ``lifecycle``: SIGTERM (preemption) and interpreter-exit handling.
+
+Example:
+  >>> from nnx_momentum.checkpoint import Checkpointer, CheckpointOptions
+  >>> CheckpointOptions(max_to_keep=2).max_to_keep
+  2
+"""
+
+from nnx_momentum.checkpoint.checkpointer import Checkpointer
+from nnx_momentum.checkpoint.options import CheckpointOptions
+
+__all__ = ["CheckpointOptions", "Checkpointer"]

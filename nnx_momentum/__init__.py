@@ -8,9 +8,12 @@ The public names, re-exported from one module per concept:
 - ``nnx_optimizer``: :class:`MomentumOptimizer` (an ``nnx.Optimizer`` subclass);
 - ``schedulers``: the LR schedulers;
 - ``train_step``: :func:`make_train_step`, the fast compiled step;
-- ``checkpointer``: :class:`Checkpointer`, orbax checkpoint and exact resume.
+- ``checkpoint``: :class:`Checkpointer`, orbax checkpoint and exact resume;
+- ``groups``: :class:`ParamGroup`, per-group hyperparameters;
+- ``learning_rate``: :class:`OptaxSchedule`, what an optimizer's ``lr`` becomes.
 """
 
+from nnx_momentum._version import __version__
 from nnx_momentum.checkpoint import Checkpointer, CheckpointOptions
 from nnx_momentum.config import MomentumConfig
 from nnx_momentum.groups import ParamGroup
@@ -78,4 +81,3 @@ __all__ = [
     "momentum",
     "with_learning_rate",
 ]
-__version__ = "0.1.0"

@@ -13,7 +13,7 @@ The public names, re-exported from one module per concept:
 - ``learning_rate``: :class:`OptaxSchedule`, what an optimizer's ``lr`` becomes.
 """
 
-from nnx_momentum._version import __version__
+from nnx_momentum._version import __version__ as __version__
 from nnx_momentum.checkpoint import Checkpointer, CheckpointOptions
 from nnx_momentum.config import MomentumConfig
 from nnx_momentum.groups import ParamGroup

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, cast
 
 import jax
 import numpy as np
@@ -33,7 +33,8 @@ def _as_float(name: str, value: Any) -> Any:
         value, (numbers.Real, np.ndarray, np.generic, jax.Array)
     ):
         raise ValueError(f"{name} must be a real number, got {value!r}.")
-    if np.ndim(value) != 0 or not np.issubdtype(np.asarray(value).dtype, np.number):
+    array = np.asarray(cast(Any, value))
+    if array.ndim != 0 or not np.issubdtype(array.dtype, np.number):
         raise ValueError(f"{name} must be a real scalar, got {value!r}.")
     result = float(value)
     if math.isnan(result):

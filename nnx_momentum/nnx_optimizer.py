@@ -301,11 +301,11 @@ def _lr_with_group_lrs(lr: lr_lib.LROption, groups: Sequence[ParamGroup]) -> lr_
     given = [(i, g.lr) for i, g in enumerate(groups) if g.lr is not None]
     if not given:
         return lr
-    if isinstance(lr, LRScheduler) or callable(lr):
+    if isinstance(lr, LRScheduler) or callable(lr) or isinstance(lr, Sequence):
         i = given[0][0]
         raise ValueError(
-            f"groups[{i}].lr is set, but lr is a scheduler: give the scheduler one base LR "
-            f"per group instead (e.g. nm.StepLR(base_lr=[0.1, 0.01], ...) for 2 groups), "
+            f"groups[{i}].lr is set, but lr is a scheduler or a list: give one base LR "
+            f"per group to lr instead (e.g. nm.StepLR(base_lr=[0.1, 0.01], ...) for 2 groups), "
             "and leave the groups' lr unset."
         )
     return [float(lr), *(float(lr) if g.lr is None else g.lr for g in groups)]

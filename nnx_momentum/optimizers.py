@@ -117,7 +117,7 @@ class BraintoolsOptimizer(ConfigAttributes, nnx.Pytree):
         # A number is kept as given, so groups can add their own LRs to it.
         self._fixed_lr = None if isinstance(lr, LRScheduler) or callable(lr) else lr
         self._groups: tuple[ParamGroup, ...] = ()
-        self.schedulers = nnx.List([])
+        self.schedulers: nnx.List[LRScheduler] = nnx.List([])
         self.param_states: nnx.State = nnx.data(nnx.State({}))
         self.optimizer = nnx.data(self._core(self.param_states, config, lr, ()))
 

@@ -1,6 +1,7 @@
-"""An independent numpy implementation of SPEC section 2, the test oracle.
+"""An independent numpy implementation of the update, the test oracle.
 
-Written from the SPEC's six numbered lines, not from the package's code.
+Written from the six numbered lines of README.md's "The update, exactly" (the same math
+as ``nm.momentum``'s docstring), not from the package's code.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Multi-process checkpointing (SPEC section 5): 2 processes joined with ``jax.distributed``.
+"""Multi-process checkpointing: 2 processes joined with ``jax.distributed``.
+
+README.md, "Checkpoint and resume" ("Any devices"): a checkpoint restores onto any number
+of devices, here across processes and topologies.
 
 Each phase runs ``tests/_ckpt_scripts/multiprocess_worker.py`` (its docstring says how to
 run it by hand) on the loopback address, 4 CPU devices per process:
@@ -21,6 +24,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.slow  # subprocesses joined with jax.distributed
 
 WORKER = Path(__file__).parent / "_ckpt_scripts" / "multiprocess_worker.py"
 REPO = Path(__file__).resolve().parents[1]

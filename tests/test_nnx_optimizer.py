@@ -249,6 +249,7 @@ SHARDING_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_velocity_sharding_on_8_devices():
     env = dict(
         os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
@@ -318,6 +319,7 @@ def test_lr_cannot_be_replaced_after_construction():
     assert isinstance(opt.lr, nm.StepLR)
 
 
+@pytest.mark.slow
 def test_hyperparams_are_json_and_stable_across_processes():
     import json
 

@@ -18,7 +18,9 @@ def test_state_pure_dict_and_string_keyed_dict_flatten_alike():
     model = nnx.Sequential(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), nnx.Linear(3, 1, rngs=nnx.Rngs(1)))
     state = nnx.state(model, nnx.Param)
     pure = nnx.to_pure_dict(state)
-    as_strings = jax.tree.map(np.asarray, {"layers": {str(k): v for k, v in pure["layers"].items()}})
+    as_strings = jax.tree.map(
+        np.asarray, {"layers": {str(k): v for k, v in pure["layers"].items()}}
+    )
     keys = set(tree.flatten(state))
     assert keys == set(tree.flatten(pure)) == set(tree.flatten(as_strings))
     assert ("layers", "0", "kernel") in keys

@@ -1,6 +1,7 @@
 """The braintools ``Momentum`` reference page, done for real on Flax NNX.
 
     python examples/braintools_style.py
+    python examples/braintools_style.py --epochs 8
 
 The three examples of ``braintools.optim.Momentum``'s docs -- plain momentum,
 momentum with weight decay, and momentum with a ``StepLR`` stepped once per
@@ -12,6 +13,8 @@ updates the model in place.
 
 from __future__ import annotations
 
+import argparse
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,11 +24,14 @@ import nnx_momentum as nm
 
 BATCHES_PER_EPOCH = 10
 
-# A fixed teacher: y = x @ W + noise, in batches of 32.
-rng = np.random.default_rng(0)
-W = rng.normal(size=(10, 5)).astype(np.float32)
-X = rng.normal(size=(BATCHES_PER_EPOCH, 32, 10)).astype(np.float32)
-Y = X @ W + 0.1 * rng.normal(size=(BATCHES_PER_EPOCH, 32, 5)).astype(np.float32)
+
+def make_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed teacher, ``y = x @ W + noise``: one epoch of 10 batches of 32."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(10, 5)).astype(np.float32)
+    x = rng.normal(size=(BATCHES_PER_EPOCH, 32, 10)).astype(np.float32)
+    y = x @ w + 0.1 * rng.normal(size=(BATCHES_PER_EPOCH, 32, 5)).astype(np.float32)
+    return x, y
 
 
 def loss_fn(model: nnx.Linear, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -38,38 +44,60 @@ def train_step(model: nnx.Linear, optimizer: nm.Momentum, x: jax.Array, y: jax.A
     optimizer.step(grads)
 
 
-def train(model: nnx.Linear, optimizer: nm.Momentum, epochs: int, scheduler=None) -> None:
+def train(
+    model: nnx.Linear,
+    optimizer: nm.Momentum,
+    data: tuple[np.ndarray, np.ndarray],
+    epochs: int,
+    scheduler: nm.LRScheduler | None = None,
+) -> None:
+    xs, ys = data
     for epoch in range(epochs):
-        for x, y in zip(X, Y, strict=True):
+        for x, y in zip(xs, ys, strict=True):
             train_step(model, optimizer, x, y)
         if scheduler is not None:
             scheduler.step()  # once per epoch, as in braintools
-        loss = float(loss_fn(model, X[0], Y[0]))
+        loss = float(loss_fn(model, xs[0], ys[0]))
         print(f"  epoch {epoch}: loss {loss:.4f}  lr {optimizer.current_lr:.4g}")
 
 
-print("Basic momentum:")
-model = nnx.Linear(10, 5, rngs=nnx.Rngs(0))
-optimizer = nm.Momentum(lr=0.01, momentum=0.9)
-optimizer.register_trainable_weights(nnx.state(model, nnx.Param))
-train(model, optimizer, epochs=5)
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """``--help``: the module docstring as written, and every option's default."""
 
-print("Momentum with weight decay:")
-model = nnx.Linear(10, 5, rngs=nnx.Rngs(0))
-optimizer = nm.Momentum(lr=0.01, momentum=0.9, weight_decay=0.0001)
-optimizer.register_trainable_weights(nnx.state(model, nnx.Param))
-train(model, optimizer, epochs=5)
 
-print("Momentum with learning rate scheduling (StepLR, stepped per epoch):")
-model = nnx.Linear(10, 5, rngs=nnx.Rngs(0))
-scheduler = nm.StepLR(base_lr=0.05, step_size=2, gamma=0.5)
-optimizer = nm.Momentum(lr=scheduler, momentum=0.9)
-optimizer.register_trainable_weights(nnx.state(model, nnx.Param))
-train(model, optimizer, epochs=5, scheduler=scheduler)
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--epochs", type=int, default=5, help="epochs per example")
+    parser.add_argument("--seed", type=int, default=0, help="the data and the model init")
+    args = parser.parse_args()
+    data = make_data(args.seed)
 
-# What the optimizer holds: the optax transform it runs, its step count and its
-# state -- velocity, step and the scheduler's epoch -- as a plain dict.
-print("default_tx():", type(optimizer.default_tx()).__name__)
-print("step_count:", optimizer.step_count, " get_last_lr():", optimizer.get_last_lr())
-print("state_dict() keys:", sorted(optimizer.state_dict()))
-print("scheduler epoch in the state:", int(optimizer.state_dict()["lr"]["last_epoch"]))
+    print("Basic momentum:")
+    model = nnx.Linear(10, 5, rngs=nnx.Rngs(args.seed))
+    optimizer = nm.Momentum(lr=0.01, momentum=0.9)
+    optimizer.register_trainable_weights(nnx.state(model, nnx.Param))
+    train(model, optimizer, data, args.epochs)
+
+    print("Momentum with weight decay:")
+    model = nnx.Linear(10, 5, rngs=nnx.Rngs(args.seed))
+    optimizer = nm.Momentum(lr=0.01, momentum=0.9, weight_decay=0.0001)
+    optimizer.register_trainable_weights(nnx.state(model, nnx.Param))
+    train(model, optimizer, data, args.epochs)
+
+    print("Momentum with learning rate scheduling (StepLR, stepped per epoch):")
+    model = nnx.Linear(10, 5, rngs=nnx.Rngs(args.seed))
+    scheduler = nm.StepLR(base_lr=0.05, step_size=2, gamma=0.5)
+    optimizer = nm.Momentum(lr=scheduler, momentum=0.9)
+    optimizer.register_trainable_weights(nnx.state(model, nnx.Param))
+    train(model, optimizer, data, args.epochs, scheduler=scheduler)
+
+    # What the optimizer holds: the optax transform it runs, its step count and its
+    # state -- velocity, step and the scheduler's epoch -- as a plain dict.
+    print("default_tx():", type(optimizer.default_tx()).__name__)
+    print("step_count:", optimizer.step_count, " get_last_lr():", optimizer.get_last_lr())
+    print("state_dict() keys:", sorted(optimizer.state_dict()))
+    print("scheduler epoch in the state:", int(optimizer.state_dict()["lr"]["last_epoch"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -13,39 +13,42 @@ sums in another order).
     python examples/sharded_resume.py
     python examples/sharded_resume.py --steps 200 --save-at 120 --resume-on 4,1
 
-The simulated CPU devices come from ``XLA_FLAGS=--xla_force_host_platform_device_count=N``,
-which must be set before jax starts its CPU backend: this file sets it at the
-top, before ``import jax``.
+The simulated CPU devices come from jax's ``jax_num_cpu_devices`` option, which
+must be set before jax starts its CPU backend: ``main()`` sets it first thing,
+before any array exists (importing jax starts no backend). On a real multi-device
+machine, drop that line and build the mesh over ``jax.devices()``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-parser.add_argument("--devices", type=int, default=8, help="simulated CPU devices to train on")
-parser.add_argument("--steps", type=int, default=60)
-parser.add_argument("--save-at", type=int, default=30, help="step of the checkpoint to resume from")
-parser.add_argument("--resume-on", default="8,2,1", help="device counts to resume on, in turn")
-parser.add_argument("--ckpt-dir", default=None, help="default: a temporary directory")
-parser.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)  # child process mode
-ARGS = parser.parse_args()
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
 
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={ARGS.devices}"
-os.environ["JAX_PLATFORMS"] = "cpu"
+import nnx_momentum as nm
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
 
-import nnx_momentum as nm  # noqa: E402
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """``--help``: the module docstring as written, and every option's default."""
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--devices", type=int, default=8, help="simulated CPU devices to train on")
+    p.add_argument("--steps", type=int, default=60, help="run length = schedule length")
+    p.add_argument("--save-at", type=int, default=30, help="step of the checkpoint to resume from")
+    p.add_argument("--resume-on", default="8,2,1", help="device counts to resume on, in turn")
+    p.add_argument("--ckpt-dir", default=None, help="checkpoint directory (None: a temporary one)")
+    p.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)  # child process mode
+    return p.parse_args()
 
 
 class MLP(nnx.Module):
@@ -78,22 +81,24 @@ def batch(step: int) -> tuple[np.ndarray, np.ndarray]:
     return x, np.sin(x.sum(axis=1, keepdims=True))
 
 
-def train(start: int, stop: int, ckpt: nm.Checkpointer | None = None) -> list[float]:
+def train(
+    args: argparse.Namespace, start: int, stop: int, ckpt: nm.Checkpointer | None = None
+) -> list[float]:
     """Builds model and optimizer on this process's devices, restores or saves, trains."""
     auto = (jax.sharding.AxisType.Auto,)
     mesh = jax.make_mesh((jax.device_count(),), ("model",), axis_types=auto)
     with jax.set_mesh(mesh):
         model = MLP(nnx.Rngs(0))
-        schedule = nm.WarmupCosineSchedule(0.1, warmup_steps=10, total_steps=ARGS.steps)
+        schedule = nm.WarmupCosineSchedule(0.1, warmup_steps=10, total_steps=args.steps)
         optimizer = nm.MomentumOptimizer(model, lr=schedule, momentum=0.9, weight_decay=1e-4)
         if start:
-            assert ckpt.restore(model, optimizer, step=start) == start
+            assert ckpt is not None and ckpt.restore(model, optimizer, step=start) == start
         step_fn = nm.make_train_step(loss_fn, model, optimizer)
         losses = []
         for step in range(start, stop):
             losses.append(float(step_fn(*batch(step))))
             optimizer.lr.step()
-            if ckpt is not None and not start and step + 1 == ARGS.save_at:
+            if ckpt is not None and not start and step + 1 == args.save_at:
                 ckpt.save(step + 1, model, optimizer)
         kernel = model.up.kernel[...]
         print(
@@ -103,35 +108,50 @@ def train(start: int, stop: int, ckpt: nm.Checkpointer | None = None) -> list[fl
     return losses
 
 
-if ARGS.resume:  # a fresh process: restore the checkpoint on ARGS.devices devices, finish the run
-    with nm.Checkpointer(ARGS.ckpt_dir) as ckpt:
-        losses = train(ARGS.save_at, ARGS.steps, ckpt)
+def resume_here(args: argparse.Namespace) -> None:
+    """The child process: restore the checkpoint on ``args.devices`` devices, finish the run."""
+    with nm.Checkpointer(args.ckpt_dir) as ckpt:
+        losses = train(args, args.save_at, args.steps, ckpt)
     print(json.dumps(losses))
-    sys.exit()
 
-directory = ARGS.ckpt_dir or tempfile.mkdtemp(prefix="sharded_resume_")
-print(
-    f"training {ARGS.steps} steps on {jax.device_count()} devices, checkpoint at step "
-    f"{ARGS.save_at} in {directory}"
-)
-with nm.Checkpointer(directory) as ckpt:
-    reference = train(0, ARGS.steps, ckpt)
-for step in range(0, ARGS.steps, 10):
-    print(f"  step {step:4d}  loss {reference[step]:.6f}")
-print(f"  final loss {reference[-1]:.6f}")
 
-for devices in map(int, ARGS.resume_on.split(",")):
-    flags = f"--resume --devices {devices} --steps {ARGS.steps} --save-at {ARGS.save_at}".split()
-    cmd = [sys.executable, __file__, *flags, "--ckpt-dir", directory]
-    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
-    *child_lines, last = out.splitlines()
-    resumed = json.loads(last)
-    print(f"resumed at step {ARGS.save_at} in a new process on {devices} device(s)")
-    print(*child_lines, sep="\n")
-    want = np.array(reference[ARGS.save_at :])
-    diff = np.max(np.abs(np.array(resumed) - want) / np.abs(want))
-    same = "bit for bit" if diff == 0 else f"max relative difference {diff:.1e}"
-    print(f"  final loss {resumed[-1]:.6f}: matches the uninterrupted run {same}")
-    assert diff < 1e-4, f"resumed run on {devices} devices diverged: {diff}"
-if not ARGS.ckpt_dir:
-    shutil.rmtree(directory)
+def main() -> None:
+    args = parse_args()
+    # Before anything touches a device: simulated CPU devices, as many as asked for.
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_num_cpu_devices", args.devices)
+    if args.resume:
+        resume_here(args)
+        return
+
+    directory = args.ckpt_dir or tempfile.mkdtemp(prefix="sharded_resume_")
+    print(
+        f"training {args.steps} steps on {jax.device_count()} devices, checkpoint at step "
+        f"{args.save_at} in {directory}"
+    )
+    with nm.Checkpointer(directory) as ckpt:
+        reference = train(args, 0, args.steps, ckpt)
+    for step in range(0, args.steps, 10):
+        print(f"  step {step:4d}  loss {reference[step]:.6f}")
+    print(f"  final loss {reference[-1]:.6f}")
+
+    for devices in map(int, args.resume_on.split(",")):
+        flags = f"--resume --devices {devices} --steps {args.steps} --save-at {args.save_at}"
+        cmd = [sys.executable, __file__, *flags.split(), "--ckpt-dir", directory]
+        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+        *child_lines, last = out.splitlines()
+        resumed = json.loads(last)
+        print(f"resumed at step {args.save_at} in a new process on {devices} device(s)")
+        print(*child_lines, sep="\n")
+        want = np.array(reference[args.save_at :])
+        diff = np.max(np.abs(np.array(resumed) - want) / np.abs(want))
+        same = "bit for bit" if diff == 0 else f"max relative difference {diff:.1e}"
+        print(f"  final loss {resumed[-1]:.6f}: matches the uninterrupted run {same}")
+        if diff >= 1e-4:
+            sys.exit(f"the resumed run on {devices} device(s) diverged: {diff:.1e}")
+    if not args.ckpt_dir:
+        shutil.rmtree(directory)
+
+
+if __name__ == "__main__":
+    main()

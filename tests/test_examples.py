@@ -1,14 +1,18 @@
-"""The examples and the quickstart notebook run, end to end, with small step counts.
+"""The examples and the quickstart notebook run, end to end.
 
 Each example runs in a subprocess with this interpreter (``sys.executable``),
 as a user would run it; the notebook runs in a Jupyter kernel started with this
-interpreter too.
+interpreter too. Every command an example's docstring gives is run, in order, as
+written: the docstrings are the examples' documentation, so they must not rot.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -16,26 +20,147 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # examples in subprocesses, the notebook in a kernel
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
+EXAMPLE_FILES = sorted(p.name for p in EXAMPLES.glob("*.py"))
 
 
-def run_example(name: str, *args: str, cwd: Path) -> str:
-    env = {
+def _env() -> dict[str, str]:
+    return {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
         "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
     }
+
+
+def run_example(name: str, *args: str, cwd: Path) -> str:
+    return run_example_full(name, *args, cwd=cwd).stdout
+
+
+def run_example_full(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / name), *args],
         cwd=cwd,
-        env=env,
+        env=_env(),
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
-    return proc.stdout
+    assert proc.returncode == 0, f"{name} {args} failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def docstring_commands(name: str) -> list[list[str]]:
+    """The command lines in an example's docstring: each ``python examples/...`` line, split
+    as a shell would split it (a trailing ``# comment`` dropped)."""
+    doc = ast.get_docstring(ast.parse((EXAMPLES / name).read_text())) or ""
+    return [
+        shlex.split(line, comments=True)
+        for line in map(str.strip, doc.splitlines())
+        if line.startswith("python examples/")
+    ]
+
+
+# What each docstring command must print, by example and position; every command must exit 0.
+def _check_train_digits(runs: list[subprocess.CompletedProcess[str]]) -> None:
+    fresh, again, preempted, resumed, longer = (run.stdout for run in runs)
+    # The README's first command, on a fresh directory: it trains and ends with the accuracy.
+    assert fresh.splitlines()[-1].startswith("test_accuracy="), fresh
+    accuracy = float(fresh.splitlines()[-1].removeprefix("test_accuracy="))
+    assert accuracy >= 0.95, fresh
+    assert re.search(r"lr=\d\.\d+e-\d\d", fresh), fresh  # the cosine's end, not lr=0.0000
+    # Again: a finished run has nothing to train and prints no (empty) progress bar.
+    assert "resuming from step 3000" in again and "nothing to train" in again, again
+    assert "train:" not in runs[1].stderr, runs[1].stderr
+    assert again.splitlines()[-1] == fresh.splitlines()[-1]
+    # Preempted, then resumed: the same run, to the same accuracy.
+    assert "stopped after step 1000" in preempted and "test_accuracy" not in preempted
+    assert "resuming from step 1000" in resumed, resumed
+    assert resumed.splitlines()[-1] == fresh.splitlines()[-1], (fresh, resumed)
+    # Another schedule in its own directory.
+    assert "resuming" not in longer and longer.splitlines()[-1].startswith("test_accuracy=")
+
+
+def _check_braintools_style(runs: list[subprocess.CompletedProcess[str]]) -> None:
+    for run, epochs in zip(runs, (5, 8), strict=True):
+        sections = run.stdout.split(":\n")[1:4]
+        assert len(sections) == 3, run.stdout
+        for section in sections:
+            losses = [
+                float(line.split("loss ")[1].split()[0])
+                for line in section.splitlines()
+                if "loss " in line
+            ]
+            assert len(losses) == epochs and losses[-1] < losses[0] / 4, run.stdout
+        assert "state_dict() keys: ['lr', 'opt_state', 'step']" in run.stdout
+
+
+def _check_sharded_resume(runs: list[subprocess.CompletedProcess[str]]) -> None:
+    for run, device_counts in zip(runs, ((8, 2, 1), (4, 1)), strict=True):
+        out = run.stdout
+        assert "split over 8 device(s)" in out, out
+        for devices in device_counts:
+            assert f"in a new process on {devices} device(s)" in out, out
+        assert out.count("matches the uninterrupted run") == len(device_counts), out
+    assert "matches the uninterrupted run bit for bit" in runs[0].stdout  # the same 8 devices
+
+
+CHECKS = {
+    "train_digits.py": _check_train_digits,
+    "braintools_style.py": _check_braintools_style,
+    "sharded_resume.py": _check_sharded_resume,
+}
+
+
+def test_every_example_is_checked():
+    assert sorted(CHECKS) == EXAMPLE_FILES
+
+
+@pytest.mark.parametrize("name", EXAMPLE_FILES)
+def test_docstring_commands_run_in_sequence(name, tmp_path):
+    """Each command of the docstring, in order, in one fresh directory, as written (``python``
+    is this interpreter and ``examples/`` this checkout's)."""
+    commands = docstring_commands(name)
+    assert commands and commands[0] == ["python", f"examples/{name}"], commands
+    runs = []
+    for argv in commands:
+        assert argv[:2] == ["python", f"examples/{name}"], f"{name}'s docstring runs {argv}"
+        runs.append(run_example_full(name, *argv[2:], cwd=tmp_path))
+    CHECKS[name](runs)
+
+
+@pytest.mark.parametrize("name", EXAMPLE_FILES)
+def test_help_shows_every_default_and_does_no_work(name, tmp_path):
+    proc = run_example_full(name, "--help", cwd=tmp_path)
+    assert proc.stdout.startswith("usage:"), proc.stdout
+    options = re.findall(r"^  (--[a-z-]+)", proc.stdout, re.MULTILINE)
+    assert options, proc.stdout
+    flat = " ".join(proc.stdout.split())  # argparse wraps long help lines
+    assert flat.count("(default: ") == len(options), proc.stdout
+    assert list(tmp_path.iterdir()) == [], "--help wrote files"
+
+
+@pytest.mark.parametrize("name", EXAMPLE_FILES)
+def test_importing_an_example_does_nothing(name, tmp_path):
+    """No work at import: all of it is in ``main()`` (an unknown argument would make a
+    module-level parser exit)."""
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('example', {str(EXAMPLES / name)!r})\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "sys.argv = ['example', '--no-such-option']\n"
+        "spec.loader.exec_module(module)\n"
+        "assert callable(module.main)\n"
+        "from jax._src import xla_bridge\n"
+        "assert not xla_bridge.backends_are_initialized(), 'it started a jax backend'\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=_env(), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout == "" and list(tmp_path.iterdir()) == []
 
 
 def test_train_digits_trains_and_resumes_exactly(tmp_path):
@@ -81,34 +206,18 @@ def test_train_digits_trains_and_resumes_exactly(tmp_path):
         np.testing.assert_array_equal(split[key], straight[key], err_msg=key)
 
 
-def test_braintools_style(tmp_path):
-    out = run_example("braintools_style.py", cwd=tmp_path)
-    for section in out.split(":\n")[1:4]:
-        losses = [
-            float(line.split("loss ")[1].split()[0])
-            for line in section.splitlines()
-            if "loss " in line
-        ]
-        assert len(losses) == 5 and losses[-1] < losses[0] / 4, out
-    assert "state_dict() keys: ['lr', 'opt_state', 'step']" in out
-
-
-def test_sharded_resume(tmp_path):
-    out = run_example(
-        "sharded_resume.py",
-        "--steps",
-        "16",
-        "--save-at",
-        "8",
-        "--resume-on",
-        "2",
-        "--ckpt-dir",
-        str(tmp_path / "ckpt"),
+def test_train_digits_refuses_another_schedule_in_the_same_directory(tmp_path):
+    run_example("train_digits.py", "--steps", "30", "--ckpt-dir", "run", cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "train_digits.py"), "--steps", "40", "--ckpt-dir", "run"],
         cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    assert "split over 8 device(s)" in out and "split over 2 device(s)" in out, out
-    assert "in a new process on 2 device(s)" in out, out
-    assert out.count("matches the uninterrupted run") == 1, out
+    assert proc.returncode == 2, proc.stderr
+    assert "T_max" in proc.stderr and "needs its own --ckpt-dir" in proc.stderr, proc.stderr
 
 
 @pytest.fixture
@@ -132,6 +241,7 @@ def kernel(tmp_path, monkeypatch):
 
 
 def _execute(nb, kernel_name, path):
+    """Runs the notebook in a new kernel (a new "runtime"); all its text output, stderr too."""
     import nbclient
 
     nbclient.NotebookClient(
@@ -157,17 +267,47 @@ def test_checkpointer_lives_across_notebook_cells(kernel, tmp_path):
     assert "steps [1, 2]" in _execute(nb, kernel, tmp_path)
 
 
-def test_quickstart_notebook_runs(kernel, tmp_path):
+def _quickstart(steps: int):
+    """The committed notebook, with a smaller STEPS in its parameters cell."""
     import nbformat
 
     nb = nbformat.read(ROOT / "notebooks" / "quickstart.ipynb", as_version=4)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), (
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), (
         "notebooks/quickstart.ipynb has stored outputs; clear them before committing"
     )
-    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(params) == 1
-    params[0].source = 'STEPS = 40\nCKPT_DIR = "ckpt"'
+    (params,) = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert "STEPS = 300" in params.source and "START_OVER = False" in params.source
+    params.source = params.source.replace("STEPS = 300", f"STEPS = {steps}")
+    return nb
 
-    text = _execute(nb, kernel, tmp_path)
-    assert "resuming from step 18" in text, text  # checkpoints every 40 // 6 = 6 steps
-    assert "test_accuracy=" in text
+
+def test_quickstart_notebook_runs_twice_and_resumes(kernel, tmp_path, monkeypatch):
+    """Run all, then Run all again in a new kernel with the same CKPT_DIR (as after a Colab
+    disconnect, with the checkpoints on Drive): the second run resumes from the finished
+    checkpoint, trains nothing, deletes nothing and reports the same accuracy.
+
+    Two simulated CPU devices, so the mesh cell has several devices to show."""
+    ckpt_dir = tmp_path / "drive" / "quickstart"
+    monkeypatch.setenv("CKPT_DIR", str(ckpt_dir))
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+
+    first = _execute(_quickstart(steps=40), kernel, tmp_path / "first")
+    assert "no checkpoint in" in first, first
+    assert "resuming from step 20 of 40" in first, first  # the simulated disconnect
+    assert "2 device(s)" in first and "split over the 'data' axis" in first, first
+    assert "kernel_before deleted by the step: True" in first, first
+    assert "IProgress" not in first, first
+    accuracy = re.findall(r"test_accuracy=\S+", first)
+    assert len(accuracy) == 1, first
+    steps = sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
+    assert steps[-1] == 40, steps
+
+    second = _execute(_quickstart(steps=40), kernel, tmp_path / "second")
+    assert "no checkpoint in" not in second, second
+    assert second.count("resuming from step 40 of 40") == 2, second  # both training cells
+    assert "START_OVER: deleted" not in second, second
+    assert re.findall(r"test_accuracy=\S+", second) == accuracy, second
+    assert sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()) == steps

@@ -180,4 +180,7 @@ def initial_learning_rate(lr: LRScheduler) -> jax.Array | optax.Schedule:
     """
     if isinstance(lr, OptaxSchedule):
         return lr.schedule
-    return lr.current_lr[...]
+    current = lr.current_lr[...]
+    # One LR per group: group 0's until groups exist (braintools' add_param_group comes
+    # after construction); the update checks the count then.
+    return current if current.ndim == 0 else current[0]

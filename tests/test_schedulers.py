@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -165,7 +166,7 @@ def test_signature_examples_and_instances_keep_call_signature():
 
 
 @pytest.mark.parametrize("name", list(TABLE))
-def test_spec_table_eager(name):
+def test_reference_table_eager(name):
     factory, expected = TABLE[name]
     s = factory()
     assert int(s.last_epoch[...]) == 0
@@ -190,7 +191,7 @@ class Holder(nnx.Pytree):
 
 
 @pytest.mark.parametrize("name", list(TABLE))
-def test_spec_table_inside_nnx_jit_traces_once(name):
+def test_reference_table_inside_nnx_jit_traces_once(name):
     factory, expected = TABLE[name]
     holder = Holder(factory())
     traces = []
@@ -396,8 +397,14 @@ def test_as_scheduler():
     for bad in (-0.1, float("nan")):
         with pytest.raises(ValueError, match="lr"):
             sch.as_scheduler(bad)
-    for bad in ("0.1", None, [0.1], True):
+    for bad in ("0.1", None, True):
         with pytest.raises(TypeError, match="lr"):
+            sch.as_scheduler(bad)
+    groups = sch.as_scheduler([0.1, 0.01])  # one fixed LR per parameter group
+    assert isinstance(groups, sch.FixedLR) and groups.get_last_lr() == [0.1, 0.01]
+    assert sch.as_scheduler((0.1,)).current_lr[...].shape == (1,)
+    for bad, name in (([], "lr"), ([0.1, -1.0], "lr\\[1\\]")):
+        with pytest.raises(ValueError, match=name):
             sch.as_scheduler(bad)
     with pytest.raises(TypeError, match="optimizers"):
         sch.as_scheduler(optax.constant_schedule(0.1))
@@ -644,7 +651,7 @@ def test_defaults_match_braintools_signatures():
     import inspect
 
     for name in sch.__all__:
-        if name in ("FixedLR", "LRScheduler", "SchedulerState", "as_scheduler"):
+        if name in ("FixedLR", "LRScheduler", "SchedulerState", "as_scheduler", "reported_lr"):
             continue
         ours = inspect.signature(getattr(sch, name).__init__).parameters
         theirs = inspect.signature(getattr(bt, name).__init__).parameters
@@ -657,3 +664,798 @@ def test_defaults_match_braintools_signatures():
                 assert list(a) == list(b), (name, arg)
             else:
                 assert a == b, (name, arg)
+
+
+# --------------------------------------------------------------------------
+# Parameter groups: a list of base LRs, one schedule per group
+# --------------------------------------------------------------------------
+def _cyclic_np(base, peak, t, up=2, down=2):
+    total = up + down
+    cycle = np.floor(1 + t / total)
+    x = 1 + t / total - cycle
+    r = up / total
+    h = np.where(x <= r, x / r, (x - 1) / (r - 1))
+    return base + (peak - base) * h
+
+
+def _onecycle_np(peak, t, n=8, pct=0.3, div=25.0, final=1e4):
+    w = pct * n
+    base, low = peak / div, peak / final
+    a = np.clip((t - w) / ((1 - pct) * n), 0, 1)
+    return np.where(
+        t <= w,
+        base + min(t / w, 1) * (peak - base),
+        low + (1 + np.cos(np.pi * a)) / 2 * (peak - low),
+    )
+
+
+def _scale(b, c):
+    return [x * c for x in b] if isinstance(b, list) else b * c
+
+
+# name: (factory of a base LR -- a float or a list --, closed form (base, t) in numpy float64)
+FORMS = {
+    "FixedLR": (lambda b: sch.FixedLR(b), lambda b, t: b),
+    "StepLR": (lambda b: sch.StepLR(b, 3, 0.1), lambda b, t: b * 0.1 ** np.floor(t / 3)),
+    "MultiStepLR": (
+        lambda b: sch.MultiStepLR(b, [2, 5], 0.1),
+        lambda b, t: b * 0.1 ** ((2 <= t) + (5 <= t)),
+    ),
+    "ExponentialLR": (lambda b: sch.ExponentialLR(b, 0.5), lambda b, t: b * 0.5**t),
+    "ExponentialDecayLR": (
+        lambda b: sch.ExponentialDecayLR(b, 2, 0.5),
+        lambda b, t: b * 0.5 ** (t / 2),
+    ),
+    "ExponentialDecayLR-staircase": (
+        lambda b: sch.ExponentialDecayLR(b, 2, 0.5, staircase=True),
+        lambda b, t: b * 0.5 ** np.floor(t / 2),
+    ),
+    "CosineAnnealingLR": (
+        lambda b: sch.CosineAnnealingLR(b, 4, 0.001),
+        lambda b, t: 0.001 + (b - 0.001) * (1 + np.cos(np.pi * min(t, 4) / 4)) / 2,
+    ),
+    "PolynomialLR": (
+        lambda b: sch.PolynomialLR(b, 4, 2.0),
+        lambda b, t: b * (1 - min(t, 4) / 4) ** 2,
+    ),
+    "WarmupScheduler": (
+        lambda b: sch.WarmupScheduler(b, 4, 0.001),
+        lambda b, t: 0.001 + (b - 0.001) * min(t / 4, 1),
+    ),
+    "CyclicLR": (
+        lambda b: sch.CyclicLR(b, _scale(b, 10), 2),
+        lambda b, t: _cyclic_np(b, 10 * b, t),
+    ),
+    "OneCycleLR": (lambda b: sch.OneCycleLR(b, 8), lambda b, t: _onecycle_np(b, t)),
+    "LinearLR": (
+        lambda b: sch.LinearLR(b, 0.25, 1.0, 4),
+        lambda b, t: b * (0.25 + 0.75 * np.clip(t / 4, 0, 1)),
+    ),
+    "ConstantLR": (
+        lambda b: sch.ConstantLR(b, 0.5, 3),
+        lambda b, t: b * (0.5 if np.floor(t) < 3 else 1.0),
+    ),
+    "CosineAnnealingWarmRestarts": (
+        lambda b: sch.CosineAnnealingWarmRestarts(b, 3, 1, 0.001),
+        lambda b, t: 0.001 + (b - 0.001) * (1 + np.cos(np.pi * (t % 3) / 3)) / 2,
+    ),
+    "CosineAnnealingWarmRestarts-Tmult": (
+        lambda b: sch.CosineAnnealingWarmRestarts(b, 2, 2),
+        # periods [0, 2), [2, 6), [6, 14)
+        lambda b, t: (
+            b
+            * (1 + np.cos(np.pi * (t / 2 if t < 2 else (t - 2) / 4 if t < 6 else (t - 6) / 8)))
+            / 2
+        ),
+    ),
+    "WarmupCosineSchedule": (
+        lambda b: sch.WarmupCosineSchedule(b, 2, 6, 0.0, 0.001),
+        lambda b, t: (
+            b * t / 2
+            if t < 2
+            else 0.001 + (b - 0.001) * (1 + np.cos(np.pi * np.clip((t - 2) / 4, 0, 1))) / 2
+        ),
+    ),
+    "PiecewiseConstantSchedule": (
+        lambda b: sch.PiecewiseConstantSchedule(b, [2, 5], [0.1, 0.01, 0.001]),
+        lambda b, t: [0.1, 0.01, 0.001][int((2 <= t) + (5 <= t))],
+    ),
+    "ChainedScheduler": (
+        lambda b: sch.ChainedScheduler([sch.LinearLR(b, 0.5, 1.0, 2), sch.ExponentialLR(b, 0.5)]),
+        lambda b, t: b * (0.5 + 0.5 * np.clip(t / 2, 0, 1)) * 0.5**t,
+    ),
+    "SequentialLR": (
+        lambda b: sch.SequentialLR([sch.StepLR(b, 2, 0.5), sch.ExponentialLR(b, 0.5)], [3]),
+        lambda b, t: b * 0.5 ** np.floor(t / 2) if t < 3 else b * 0.5 ** (t - 3),
+    ),
+}
+GROUP_LRS = [0.1, 0.02, 0.3]
+EPOCHS = [0, 1, 2, 2.5, 3, 3.75, 4, 5.5, 6, 7, 9.25, 13]
+
+
+def _closed(name, base, t):
+    return float(FORMS[name][1](base, t))
+
+
+@pytest.mark.parametrize("name", list(FORMS))
+def test_every_group_follows_its_closed_form(name):
+    make, _ = FORMS[name]
+    s = make(GROUP_LRS)
+    assert s.n_groups == 3 and s.current_lr[...].shape == (3,) and s.lr_at(0).shape == (3,)
+    assert s.current_lr[...].dtype == jnp.float32 and s.get_lr().shape == (3,)
+    want = [[_closed(name, b, t) for b in GROUP_LRS] for t in EPOCHS]
+    np.testing.assert_allclose(s.lr_at(jnp.asarray(EPOCHS)), want, rtol=RTOL, atol=ATOL)
+    for t, row in zip(EPOCHS, want, strict=True):
+        np.testing.assert_allclose(s.lr_at(t), row, rtol=RTOL, atol=ATOL)
+        s.step(t)
+        assert len(s.get_last_lr()) == 3
+        np.testing.assert_allclose(s.get_last_lr(), row, rtol=RTOL, atol=ATOL)
+    # integer steps from the start, then the scalar scheduler of each group agrees exactly
+    grouped, singles = make(GROUP_LRS), [make(b) for b in GROUP_LRS]
+    for _ in range(9):
+        grouped.step()
+        for single in singles:
+            single.step()
+        assert grouped.get_last_lr() == [x.get_last_lr()[0] for x in singles]
+        for g, single in enumerate(singles):
+            assert single.current_lr[...].shape == ()
+            assert float(grouped.current_lr[...][g]) == float(single.current_lr[...])
+
+
+@pytest.mark.parametrize("name", list(FORMS))
+def test_scalar_and_grouped_attributes(name):
+    make, _ = FORMS[name]
+    scalar, grouped, one = make(0.1), make([0.1, 0.02]), make([0.1])
+    assert (
+        scalar.n_groups == 1
+        and scalar.current_lr[...].shape == ()
+        and scalar.base_lrs == [scalar.base_lr]
+    )
+    assert isinstance(scalar.base_lr, float) and isinstance(grouped.base_lr, float)
+    assert grouped.n_groups == 2 and len(grouped.base_lrs) == 2
+    assert grouped.base_lr == grouped.base_lrs[0]
+    assert all(isinstance(b, float) for b in grouped.base_lrs)
+    assert one.n_groups == 1 and one.current_lr[...].shape == (1,)
+    assert one.get_last_lr() == scalar.get_last_lr()
+    d = json.loads(json.dumps(grouped.describe()))
+    assert d == grouped.describe()
+    if not isinstance(grouped, (sch.ChainedScheduler, sch.SequentialLR)):
+        # the description rebuilds the scheduler: list-valued arguments are lists
+        rebuilt = getattr(sch, d["name"])(**{k: v for k, v in d.items() if k != "name"})
+        assert rebuilt.describe() == d and rebuilt.get_last_lr() == grouped.get_last_lr()
+    else:
+        assert [c["base_lr"] for c in d["schedulers"]] == [[0.1, 0.02]] * 2
+
+
+def test_braintools_style_base_lrs():
+    assert sch.StepLR([0.1, 0.01]).base_lrs == [0.1, 0.01]
+    assert sch.StepLR((0.1, 0.01)).n_groups == 2  # a tuple too
+    s = sch.OneCycleLR([0.1, 0.2], total_steps=10)
+    assert s.base_lrs == [0.1 / 25, 0.2 / 25] and s.max_lrs == [0.1, 0.2]
+    assert s.min_lrs == [0.1 / 1e4, 0.2 / 1e4] and s.get_last_lr() == [0.004, 0.008]
+    c = sch.CyclicLR(0.01, max_lr=[0.1, 0.2], step_size_up=2)  # a float base is shared
+    assert c.base_lrs == [0.01, 0.01] and c.max_lrs == [0.1, 0.2]
+    p = sch.PiecewiseConstantSchedule([0.5, 0.6], [2], [0.1, 0.01])
+    assert p.base_lrs == [0.1, 0.1] and p.describe()["base_lr"] == [0.5, 0.6]
+    r = sch.ReduceLROnPlateau([0.1, 0.2, 0.3], min_lr=[0.05, 0.01])  # padded, as braintools
+    assert r.min_lrs == [0.05, 0.01, 0.01]
+    assert sch.ReduceLROnPlateau([0.1, 0.2], min_lr=0.01).min_lrs == [0.01, 0.01]
+
+
+GROUP_BAD_ARGS = [
+    (lambda: sch.StepLR([]), "base_lr"),
+    (lambda: sch.StepLR([0.1, -0.1]), "base_lr[1]"),
+    (lambda: sch.StepLR([0.1, float("nan")]), "base_lr[1]"),
+    (lambda: sch.CyclicLR([0.1, 0.2], max_lr=[1.0, 2.0, 3.0]), "max_lr"),
+    (lambda: sch.CyclicLR([0.1, 0.2], max_lr=[1.0, -2.0]), "max_lr[1]"),
+    (lambda: sch.OneCycleLR([0.1, -0.2], total_steps=5), "max_lr[1]"),
+    (lambda: sch.ReduceLROnPlateau([0.1, 0.2], min_lr=[0.0, 0.0, 0.0]), "min_lr"),
+    (lambda: sch.ReduceLROnPlateau(0.1, min_lr=[0.0, 0.0]), "min_lr"),
+    (lambda: sch.ReduceLROnPlateau([0.1], min_lr=[-1.0]), "min_lr[0]"),
+    (
+        lambda: sch.ChainedScheduler([sch.StepLR([0.1, 0.2]), sch.StepLR([0.1, 0.2, 0.3])]),
+        "schedulers",
+    ),
+    (lambda: sch.ChainedScheduler([sch.StepLR([0.1]), sch.StepLR(0.1)]), "schedulers"),
+    (
+        lambda: sch.SequentialLR([sch.StepLR(0.1), sch.StepLR([0.1, 0.2])], milestones=[2]),
+        "schedulers",
+    ),
+]
+
+
+@pytest.mark.parametrize("make,arg", GROUP_BAD_ARGS, ids=[a for _, a in GROUP_BAD_ARGS])
+def test_bad_group_arguments_name_the_argument(make, arg):
+    with pytest.raises(ValueError) as info:
+        make()
+    assert arg in str(info.value)
+
+
+def test_plateau_reduces_every_group_to_its_floor():
+    s = sch.ReduceLROnPlateau([1.0, 0.1], factor=0.5, patience=0, min_lr=[0.3, 0.0], eps=1e-3)
+    got = []
+    for m in [1.0, 1.0, 1.0, 1.0, 0.5, 0.5]:
+        s.step(m)
+        got.append(s.get_last_lr())
+    # the floors and eps apply per group: group 1 stops at 0.00125 (a smaller step than eps)
+    assert got == [
+        [1.0, 0.1],
+        [0.5, 0.05],
+        [0.3, 0.025],
+        [0.3, 0.0125],
+        [0.3, 0.0125],
+        [0.3, 0.00625],
+    ]
+
+
+def test_groups_inside_nnx_jit_trace_once_and_round_trip():
+    holder = Holder(FORMS["SequentialLR"][0](GROUP_LRS))
+    traces = []
+
+    @nnx.jit
+    def step(h, e):
+        traces.append(1)
+        h.sched.step(e)
+
+    for e in [1, 4, 2, 7]:
+        step(holder, jnp.float32(e + 0.5))
+        want = [_closed("SequentialLR", b, e + 0.5) for b in GROUP_LRS]
+        np.testing.assert_allclose(holder.sched.get_last_lr(), want, rtol=RTOL)
+    assert len(traces) == 1
+    fresh = FORMS["SequentialLR"][0](GROUP_LRS)
+    fresh.load_state_dict(holder.sched.state_dict())
+    assert fresh.get_last_lr() == holder.sched.get_last_lr() and float(fresh.epoch) == 7.5
+    with pytest.raises(ValueError, match="current_lr: expected shape \\(2,\\), got \\(3,\\)"):
+        FORMS["SequentialLR"][0]([0.1, 0.2]).load_state_dict(holder.sched.state_dict())
+
+
+def _group_configs(lib):
+    """(id, scheduler, metrics or None) with per-group LRs, from ours or braintools.optim."""
+    b2, b3 = [0.1, 0.05], [0.2, 0.1, 0.03]
+    return [
+        ("step", lib.StepLR(b2, 3, 0.5), None),
+        ("multistep", lib.MultiStepLR(b3, [2, 5, 11], 0.3), None),
+        ("exp", lib.ExponentialLR(b2, 0.8), None),
+        ("expdecay", lib.ExponentialDecayLR(b3, 3, 0.7, 2, True, 0.01), None),
+        ("cos", lib.CosineAnnealingLR(b2, 7, 0.01), None),
+        ("poly", lib.PolynomialLR(b3, 6, 2.0), None),
+        ("warmup", lib.WarmupScheduler(b2, 5, 0.01), None),
+        ("cyclic", lib.CyclicLR([0.01, 0.02], [0.1, 0.3], 3, 2, "triangular2"), None),
+        ("cyclic_exp", lib.CyclicLR([0.01, 0.02], [0.1, 0.3], 2, 4, "exp_range", 0.9), None),
+        ("onecycle", lib.OneCycleLR([0.1, 0.4], 20, pct_start=0.25), None),
+        (
+            "plateau",
+            lib.ReduceLROnPlateau(b3, "min", 0.5, 1, cooldown=1, min_lr=[0.02, 0.01, 0.001]),
+            _plateau_metrics,
+        ),
+        (
+            "plateau_shared_min",
+            lib.ReduceLROnPlateau(b2, "min", 0.3, 0, min_lr=0.01),
+            _plateau_metrics,
+        ),
+        ("linear", lib.LinearLR(b3, 0.2, 0.8, 6), None),
+        ("constant", lib.ConstantLR(b2, 0.25, 4), None),
+        (
+            "chained",
+            lib.ChainedScheduler([lib.StepLR(b2, 3, 0.5), lib.WarmupScheduler(b2, 4, 0.02)]),
+            None,
+        ),
+        (
+            "sequential",
+            lib.SequentialLR(
+                [lib.LinearLR(b2, 0.1, 1.0, 3), lib.CosineAnnealingLR(b2, 5), lib.StepLR(b2, 2)],
+                [3, 8],
+            ),
+            None,
+        ),
+        ("restarts", lib.CosineAnnealingWarmRestarts(b2, 3, 2, 0.01), None),
+        ("warmcos", lib.WarmupCosineSchedule(b3, 3, 15, 0.01, 0.001), None),
+        ("piecewise", lib.PiecewiseConstantSchedule(b2, [3, 7], [0.1, 0.05, 0.02]), None),
+    ]
+
+
+def _bt_lrs(ref):
+    return [float(np.asarray(v)) for v in ref.get_last_lr()]
+
+
+def test_groups_match_braintools_over_20_epochs():
+    bt = pytest.importorskip("braintools").optim
+    for (cid, s, metrics), (_, ref, _) in zip(_group_configs(sch), _group_configs(bt), strict=True):
+        if cid != "piecewise":  # ours are values[0]: its base_lr is ignored (documented)
+            assert s.base_lrs == pytest.approx(ref.base_lrs, rel=1e-7), cid
+        ms = metrics(N_EPOCHS) if metrics else [None] * N_EPOCHS
+        got, want = [s.get_last_lr()], [_bt_lrs(ref)]
+        for m in ms:
+            if m is None:
+                s.step()
+                ref.step()
+            else:
+                s.step(m)
+                ref.step(m)
+            got.append(s.get_last_lr())
+            want.append(_bt_lrs(ref))
+        assert all(len(g) == s.n_groups for g in got), cid
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=cid)
+
+
+# --------------------------------------------------------------------------
+# Reported values: the shortest decimal of the applied float32
+# --------------------------------------------------------------------------
+def test_reported_values_equal_given_values():
+    assert sch.StepLR(0.01).get_last_lr() == [0.01]
+    assert sch.FixedLR([0.01, 0.003]).get_last_lr() == [0.01, 0.003]
+    s = sch.ExponentialLR(0.1, gamma=0.5)
+    for _ in range(3):
+        s.step()
+    assert s.get_last_lr() == [0.0125]
+    assert sch.StepLR(0.01).lr_at(0) == 0.01  # the array compares equal to the float32
+    assert s.current_lr[...].dtype == jnp.float32  # the applied value stays float32
+    assert sch.reported_lr(np.float32(0.1)) == 0.1 and sch.reported_lr(1e-4) == 1e-4
+    assert sch.reported_lr(jnp.float32(0.3)) == 0.3 and sch.reported_lr(0) == 0.0
+    assert sch.reported_lr(0.1 + 1e-12) == 0.1  # float64 noise below float32 precision
+    with pytest.raises(TypeError, match="scalar"):
+        sch.reported_lr([0.1, 0.2])
+
+
+@pytest.mark.parametrize("name", list(TABLE))
+def test_get_last_lr_reports_the_float32_exactly(name):
+    factory, _ = TABLE[name]
+    s = factory()
+    for i in range(6):
+        _step(s, i)
+        (value,) = s.get_last_lr()
+        assert np.float32(value) == s.current_lr[...]
+        assert len(repr(value)) <= len(repr(float(s.current_lr[...])))
+
+
+# --------------------------------------------------------------------------
+# Fractional epochs
+# --------------------------------------------------------------------------
+TRUNCATING = {"StepLR", "MultiStepLR", "ConstantLR", "PiecewiseConstantSchedule"}
+
+
+@pytest.mark.parametrize("name", CLOSED_FORM)
+def test_fractional_step_evaluates_the_schedule_there(name):
+    factory, _ = TABLE[name]
+    s = factory()
+    s.step(2.5)
+    assert int(s.last_epoch[...]) == 2 and float(s.epoch_fraction[...]) == 0.5
+    assert float(s.epoch) == 2.5
+    assert float(s.current_lr[...]) == float(s.lr_at(2.5))
+    if name in TRUNCATING:
+        assert float(s.lr_at(2.5)) == float(s.lr_at(2))
+    s.step()  # one epoch on, the fraction kept (braintools and torch)
+    assert int(s.last_epoch[...]) == 3 and float(s.epoch) == 3.5
+    np.testing.assert_allclose(float(s.current_lr[...]), float(s.lr_at(3.5)), rtol=RTOL)
+    s.step(4)  # an integer jump clears the fraction
+    assert float(s.epoch_fraction[...]) == 0.0
+    np.testing.assert_allclose(float(s.current_lr[...]), float(s.lr_at(4)), rtol=RTOL)
+
+
+@pytest.mark.parametrize("name", list(FORMS))
+def test_fractional_steps_follow_the_closed_form(name):
+    make, _ = FORMS[name]
+    s = make(0.1)
+    for k in range(1, 60):
+        t = k / 8
+        s.step(t)
+        np.testing.assert_allclose(
+            s.get_last_lr()[0], _closed(name, 0.1, t), rtol=RTOL, atol=ATOL, err_msg=str(t)
+        )
+    s.step(0.25)
+    for k in range(1, 12):  # step() after a fractional jump: +1, fraction kept
+        s.step()
+        np.testing.assert_allclose(
+            s.get_last_lr()[0], _closed(name, 0.1, k + 0.25), rtol=RTOL, atol=ATOL
+        )
+
+
+def test_integer_epochs_stay_exact_past_float32():
+    big = 2**24  # float32 cannot tell big + 1 from big
+    s = sch.MultiStepLR(0.1, milestones=[big + 1], gamma=0.5, last_epoch=big)
+    assert s.get_last_lr() == [0.1]
+    s.step()
+    assert int(s.last_epoch[...]) == big + 1 and s.get_last_lr() == [0.05]
+    s.step(big)
+    assert s.get_last_lr() == [0.1]
+    s.step(jnp.int32(big + 1))
+    assert s.get_last_lr() == [0.05]
+    assert s.lr_at(big + 1) == 0.05  # the float32 array equals the float32 of 0.05
+    steps = sch.StepLR(1.0, step_size=big + 1, gamma=0.5, last_epoch=big)
+    steps.step()
+    assert steps.get_last_lr() == [0.5]
+
+
+def test_split_epoch_edge_cases():
+    s = sch.ExponentialLR(0.1, gamma=0.5)
+    s.step(jnp.float32(-1e-8))  # rounds to a fraction of 1: carried into the whole epoch
+    assert int(s.last_epoch[...]) == 0 and float(s.epoch_fraction[...]) == 0.0
+    s.step(np.float64(3.75))
+    assert int(s.last_epoch[...]) == 3 and float(s.epoch_fraction[...]) == 0.75
+    s.step(True)  # integer-like values stay integers
+    assert int(s.last_epoch[...]) == 1 and float(s.epoch_fraction[...]) == 0.0
+
+
+def test_fractional_steps_inside_nnx_jit_trace_once():
+    name = "CosineAnnealingWarmRestarts-Tmult"
+    holder = Holder(FORMS[name][0](0.1))
+    traces = []
+
+    @nnx.jit
+    def at(h, e):
+        traces.append(1)
+        h.sched.step(e)
+        return h.sched.current_lr[...]
+
+    @nnx.jit
+    def nxt(h):
+        traces.append(1)
+        h.sched.step()
+
+    for k in range(40):
+        t = float(np.float32(k * 0.3))
+        np.testing.assert_allclose(
+            float(at(holder, jnp.float32(t))), _closed(name, 0.1, t), rtol=RTOL, atol=ATOL
+        )
+    holder.sched.step(2.5)  # eagerly between compiled calls
+    nxt(holder)
+    assert float(holder.sched.epoch) == 3.5
+    np.testing.assert_allclose(holder.sched.get_last_lr()[0], _closed(name, 0.1, 3.5), rtol=RTOL)
+    holder.sched.step(1)
+    nxt(holder)
+    assert len(traces) == 2
+    assert float(holder.sched.epoch) == 2.0
+
+
+def test_warm_restarts_fractional_steps_match_braintools():
+    bt = pytest.importorskip("braintools").optim
+    for kwargs in (dict(T_0=3), dict(T_0=3, T_mult=2, eta_min=0.01), dict(T_0=2, T_mult=3)):
+        s, ref = (
+            sch.CosineAnnealingWarmRestarts(0.1, **kwargs),
+            bt.CosineAnnealingWarmRestarts(0.1, **kwargs),
+        )
+        for k in range(1, 120):  # stepped by 0.1 within epochs, as the SGDR paper does
+            e = round(0.1 * k, 10)
+            s.step(e)
+            ref.step(e)
+            np.testing.assert_allclose(
+                s.get_last_lr()[0], _bt_lrs(ref)[0], rtol=RTOL, atol=ATOL, err_msg=f"{kwargs} {e}"
+            )
+
+
+def test_warm_restarts_fraction_across_a_restart_is_torchs():
+    torch = pytest.importorskip("torch")
+    param = [torch.nn.Parameter(torch.zeros(1))]
+    for kwargs in (dict(T_0=3), dict(T_0=2, T_mult=2, eta_min=0.01)):
+        optim = torch.optim.SGD(param, lr=0.1)
+        ref = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optim, **kwargs)
+        s = sch.CosineAnnealingWarmRestarts(0.1, **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch deprecates step(epoch)
+            for e in (0.5, 2.5):
+                s.step(e)
+                ref.step(e)
+                for _ in range(8):
+                    s.step()
+                    ref.step()
+                    np.testing.assert_allclose(
+                        s.get_last_lr()[0], ref.get_last_lr()[0], rtol=RTOL, atol=ATOL
+                    )
+
+
+# braintools' SequentialLR cannot step to a fractional epoch (its lax.switch branches
+# disagree on dtypes); ReduceLROnPlateau has no epoch-indexed LR.
+NOT_FRACTIONAL_IN_BRAINTOOLS = ("plateau", "sequential")
+
+
+def _fractional_configs(lib, exclude=NOT_FRACTIONAL_IN_BRAINTOOLS):
+    return [c for c in _configs(lib) if not c[0].startswith(exclude)]
+
+
+def test_fractional_epochs_match_braintools():
+    bt = pytest.importorskip("braintools").optim
+    epochs = [0.5, 1.25, 2.5, 3.75, 7.5, 4.1, 11.9, 0.3, 16.6]
+    for (cid, s, _), (_, ref, _) in zip(
+        _fractional_configs(sch), _fractional_configs(bt), strict=True
+    ):
+        for e in epochs:
+            s.step(e)
+            ref.step(e)
+            np.testing.assert_allclose(
+                s.get_last_lr(), _bt_lrs(ref), rtol=RTOL, atol=ATOL, err_msg=f"{cid} {e}"
+            )
+    # step() after a fractional epoch keeps the fraction, as braintools' last_epoch += 1
+    # (CosineAnnealingWarmRestarts: braintools drops it at a restart; torch's is above)
+    exclude = (*NOT_FRACTIONAL_IN_BRAINTOOLS, "restarts")
+    for (cid, s, _), (_, ref, _) in zip(
+        _fractional_configs(sch, exclude), _fractional_configs(bt, exclude), strict=True
+    ):
+        s.step(1.5)
+        ref.step(1.5)
+        for _ in range(10):
+            s.step()
+            ref.step()
+            np.testing.assert_allclose(
+                s.get_last_lr(), _bt_lrs(ref), rtol=RTOL, atol=ATOL, err_msg=cid
+            )
+
+
+def test_fractional_groups_match_braintools():
+    bt = pytest.importorskip("braintools").optim
+    ours = [c for c in _group_configs(sch) if not c[0].startswith(NOT_FRACTIONAL_IN_BRAINTOOLS)]
+    theirs = [c for c in _group_configs(bt) if not c[0].startswith(NOT_FRACTIONAL_IN_BRAINTOOLS)]
+    for (cid, s, _), (_, ref, _) in zip(ours, theirs, strict=True):
+        for e in [0.5, 2.25, 6.5, 3.1, 9.75]:
+            s.step(e)
+            ref.step(e)
+            np.testing.assert_allclose(
+                s.get_last_lr(), _bt_lrs(ref), rtol=RTOL, atol=ATOL, err_msg=f"{cid} {e}"
+            )
+
+
+def test_state_saved_before_fractional_epochs_loads():
+    """A 0.1.0 state_dict has no epoch_fraction: it loads, the live fraction is kept."""
+    s = sch.StepLR(0.1, step_size=2, gamma=0.5)
+    old = {k: v for k, v in s.state_dict().items() if k != "epoch_fraction"}
+    old["last_epoch"] = jnp.asarray(4, jnp.int32)
+    old["current_lr"] = jnp.asarray(0.025, jnp.float32)
+    fresh = sch.StepLR(0.1, step_size=2, gamma=0.5)
+    fresh.load_state_dict(old)
+    assert fresh.get_last_lr() == [0.025] and float(fresh.epoch) == 4.0
+    assert nnx.state(fresh)["epoch_fraction"].get_metadata()["since"] == "0.2.0"
+    seq = TABLE["SequentialLR"][0]()
+    old = seq.state_dict()
+    for d in (old, *old["schedulers"].values()):
+        del d["epoch_fraction"]
+    del old["milestones"]
+    seq.load_state_dict(old)  # every 0.2.0 addition may be absent
+    assert seq.milestones[...].tolist() == [3]
+
+
+# --------------------------------------------------------------------------
+# Composites: the state restores their configuration, or is refused
+# --------------------------------------------------------------------------
+def _sequential(milestones, n=None):
+    n = len(milestones) + 1 if n is None else n
+    children = [sch.ExponentialLR(0.1 * (k + 1), gamma=0.5) for k in range(n)]
+    return sch.SequentialLR(children, milestones)
+
+
+def test_sequential_state_restores_milestones_without_recompiling():
+    saved = _sequential([2])
+    saved.step(6)
+    holder = Holder(_sequential([5]))
+    traces = []
+
+    @nnx.jit
+    def step(h):
+        traces.append(1)
+        h.sched.step()
+
+    step(holder)
+    holder.sched.load_state_dict(saved.state_dict())
+    assert holder.sched.milestones[...].tolist() == [2]
+    assert holder.sched.describe()["milestones"] == [2]
+    assert holder.sched.get_last_lr() == saved.get_last_lr()
+    step(holder)
+    saved.step()
+    assert holder.sched.get_last_lr() == saved.get_last_lr() == [0.2 * 0.5**5]
+    np.testing.assert_allclose(holder.sched.lr_at(jnp.arange(4)), saved.lr_at(jnp.arange(4)))
+    assert len(traces) == 1
+
+
+def test_sequential_refuses_another_number_of_children_or_milestones():
+    two, three = _sequential([3]), _sequential([2, 5])
+    before = two.state_dict()
+    with pytest.raises(ValueError, match="schedulers: the state holds 3 child"):
+        two.load_state_dict(three.state_dict())
+    with pytest.raises(ValueError, match="schedulers: the state holds 2 child"):
+        three.load_state_dict(two.state_dict())
+    sd = two.state_dict()
+    sd["milestones"] = jnp.asarray([1, 2], jnp.int32)
+    with pytest.raises(ValueError, match="milestones: the state holds 2 milestone"):
+        two.load_state_dict(sd)
+    sd["milestones"] = jnp.asarray([-4], jnp.int32)
+    with pytest.raises(ValueError, match="milestones must contain integers >= 0"):
+        two.load_state_dict(sd)
+    after = two.state_dict()
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), before, after))
+
+
+def test_chained_refuses_another_number_or_kind_of_children():
+    chain = sch.ChainedScheduler([sch.StepLR(0.1), sch.ExponentialLR(0.1)])
+    with pytest.raises(ValueError, match="schedulers: the state holds 1 child"):
+        chain.load_state_dict(sch.ChainedScheduler([sch.StepLR(0.1)]).state_dict())
+    other = sch.ChainedScheduler([sch.StepLR(0.1), sch.CosineAnnealingWarmRestarts(0.1)])
+    with pytest.raises(ValueError, match="schedulers/1 does not match .* ExponentialLR"):
+        chain.load_state_dict(other.state_dict())
+    with pytest.raises(ValueError, match="schedulers/1 does not match .* CosineAnnealing"):
+        other.load_state_dict(chain.state_dict())
+    nested = sch.ChainedScheduler([sch.StepLR(0.1), TABLE["ChainedScheduler"][0]()])
+    with pytest.raises(ValueError, match="schedulers/1 does not match"):
+        chain.load_state_dict(nested.state_dict())
+    inner = sch.ChainedScheduler([sch.StepLR(0.1), TABLE["SequentialLR"][0]()])
+    sd = inner.state_dict()
+    sd["schedulers"][1]["milestones"] = jnp.asarray([-3], jnp.int32)
+    with pytest.raises(ValueError, match="schedulers/1: milestones must contain integers"):
+        inner.load_state_dict(sd)  # a nested composite checks its own state
+    chain.load_state_dict(sch.ChainedScheduler([sch.StepLR(0.2), sch.StepLR(0.3)]).state_dict())
+
+
+# --------------------------------------------------------------------------
+# braintools-style access and methods
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(TABLE))
+def test_assigning_a_python_int_to_last_epoch(name):
+    factory, expected = TABLE[name]
+    holder = Holder(factory())
+    traces = []
+
+    @nnx.jit
+    def step(h, metric):
+        traces.append(1)
+        if isinstance(h.sched, sch.ReduceLROnPlateau):
+            h.sched.step(metric)
+        else:
+            h.sched.step()
+
+    step(holder, jnp.float32(1.0))
+    holder.sched.last_epoch.value = 5  # braintools style, with no deprecation warning
+    assert holder.sched.last_epoch.value.dtype == jnp.int32
+    # the schedules of the epoch alone follow it (the others keep their own counters,
+    # T_cur or the children's epochs, as in braintools)
+    follows = name not in ("ReduceLROnPlateau", "CosineAnnealingWarmRestarts", "ChainedScheduler")
+    if follows and name != "SequentialLR":  # its children move at the next step
+        np.testing.assert_allclose(float(holder.sched.get_lr()), expected[5], rtol=RTOL, atol=TATOL)
+    step(holder, jnp.float32(1.0))  # the same compiled step: no retrace
+    assert int(holder.sched.last_epoch[...]) == 6 and len(traces) == 1
+    if follows:
+        np.testing.assert_allclose(
+            holder.sched.get_last_lr()[0], expected[6], rtol=RTOL, atol=TATOL
+        )
+    holder.sched.last_epoch.value = np.int64(2)
+    _step(holder.sched, 0)
+    assert int(holder.sched.last_epoch[...]) == 3
+
+
+def test_state_value_writes_are_normalised():
+    s = sch.StepLR([0.1, 0.2], step_size=2)
+    s.last_epoch.value = 3.0  # an integral float is an epoch
+    assert s.last_epoch.value.dtype == jnp.int32 and int(s.last_epoch.value) == 3
+    with pytest.raises(ValueError, match="not an integer.*step\\(epoch\\)"):
+        s.last_epoch.value = 2.5
+    s.current_lr.value = 0.05  # one float for every group
+    assert s.get_last_lr() == [0.05, 0.05] and s.current_lr.value.dtype == jnp.float32
+    s.current_lr.value = [0.3, 0.4]  # braintools' list of current LRs
+    assert s.get_last_lr() == [0.3, 0.4]
+    with pytest.raises(ValueError):
+        s.current_lr.value = [0.1, 0.2, 0.3]
+    s.current_lr.value = jnp.asarray([0.5, 0.6], jnp.float32)  # arrays as flax does
+    assert s.get_last_lr() == [0.5, 0.6]
+    s.last_epoch.value = jnp.asarray(4)  # a weakly typed jax value: int32, not weak
+    assert not s.last_epoch.value.weak_type and s.last_epoch.value.dtype == jnp.int32
+    with pytest.raises(ValueError, match="not an integer"):
+        s.last_epoch.value = jnp.asarray(4.5)
+    s.last_epoch.set_raw_value(7)  # even a raw Python int is read as an array
+    assert float(s.get_lr()[0]) == pytest.approx(0.1 * 0.1**3)
+    assert float(s.epoch) == 7.0
+
+
+def test_apply_step_epoch_and_attach_optimizer():
+    s = sch.StepLR([0.1, 0.02], step_size=1, gamma=0.5)
+    s.step_epoch()
+    assert s.get_last_lr() == [0.05, 0.01] and int(s.last_epoch[...]) == 1
+    s.apply(lambda lr: lr * 2)
+    assert s.get_last_lr() == [0.1, 0.02]
+    s.apply(lambda lr: lr * 2)  # as braintools: fn of get_lr(), not compounded
+    assert s.get_last_lr() == [0.1, 0.02]
+    with pytest.raises(ValueError, match="scalar"):
+        s.apply(lambda lr: jnp.stack([lr, lr]))
+
+    holder = Holder(sch.ExponentialLR(0.1, gamma=0.5))
+    traces = []
+
+    @nnx.jit
+    def halve(h, factor):
+        traces.append(1)
+        h.sched.apply(lambda lr: lr * factor)
+
+    halve(holder, jnp.float32(0.5))
+    halve(holder, jnp.float32(0.25))
+    assert holder.sched.get_last_lr() == [0.025] and len(traces) == 1
+
+    plateau = sch.ReduceLROnPlateau(0.1)
+    plateau.current_lr.value = 0.04
+    plateau.apply(lambda lr: lr / 2)  # its get_lr is the current LR
+    assert plateau.get_last_lr() == [0.02]
+
+    class Optimizer:
+        def attach_scheduler(self, scheduler):
+            self.scheduler = scheduler
+
+    opt = Optimizer()
+    s.attach_optimizer(opt)
+    assert opt.scheduler is s
+    with pytest.raises(TypeError, match="attach_scheduler"):
+        s.attach_optimizer(object())
+
+
+# --------------------------------------------------------------------------
+# Traceable construction: traced base LRs under every transform
+# --------------------------------------------------------------------------
+def _traced_builders():
+    def mul(lr, c):
+        return [x * c for x in lr] if isinstance(lr, list) else lr * c
+
+    return {
+        "FixedLR": lambda lr: sch.FixedLR(lr),
+        "StepLR": lambda lr: sch.StepLR(lr, 2, 0.5),
+        "MultiStepLR": lambda lr: sch.MultiStepLR(lr, [2, 4], 0.5),
+        "ExponentialLR": lambda lr: sch.ExponentialLR(lr, 0.5),
+        "ExponentialDecayLR": lambda lr: sch.ExponentialDecayLR(lr, 2, 0.5, end_value=0.01),
+        "CosineAnnealingLR": lambda lr: sch.CosineAnnealingLR(lr, 4),
+        "PolynomialLR": lambda lr: sch.PolynomialLR(lr, 4),
+        "WarmupScheduler": lambda lr: sch.WarmupScheduler(lr, 4),
+        "CyclicLR": lambda lr: sch.CyclicLR(lr, mul(lr, 2), 2),
+        "OneCycleLR": lambda lr: sch.OneCycleLR(lr, 8),
+        "ReduceLROnPlateau": lambda lr: sch.ReduceLROnPlateau(lr, patience=0, min_lr=mul(lr, 0.5)),
+        "LinearLR": lambda lr: sch.LinearLR(lr, 0.5, 1.0, 4),
+        "ConstantLR": lambda lr: sch.ConstantLR(lr, 0.5, 2),
+        "ChainedScheduler": lambda lr: sch.ChainedScheduler(
+            [sch.StepLR(lr, 2), sch.ExponentialLR(lr, 0.5)]
+        ),
+        "SequentialLR": lambda lr: sch.SequentialLR(
+            [sch.StepLR(lr, 2), sch.ExponentialLR(lr, 0.5)], [3]
+        ),
+        "CosineAnnealingWarmRestarts": lambda lr: sch.CosineAnnealingWarmRestarts(lr, 3, 2),
+        "WarmupCosineSchedule": lambda lr: sch.WarmupCosineSchedule(lr, 2, 6),
+        "PiecewiseConstantSchedule": lambda lr: sch.PiecewiseConstantSchedule(
+            lr, [2], [0.1, mul(lr, 0.1) if not isinstance(lr, list) else 0.01]
+        ),
+    }
+
+
+TRACED = _traced_builders()
+
+
+def _advance(s, k=3):
+    for _ in range(k):
+        s.step(1.0) if isinstance(s, sch.ReduceLROnPlateau) else s.step()
+    return s.current_lr[...]
+
+
+@pytest.mark.parametrize("name", list(TRACED))
+def test_construction_with_traced_base_lrs(name):
+    make = TRACED[name]
+    lrs = jnp.asarray([0.1, 0.2], jnp.float32)
+    eager = [float(_advance(make(float(lr)))) for lr in lrs]
+    # jax.vmap over a float base LR, and over the groups of a list
+    np.testing.assert_allclose(jax.vmap(lambda lr: _advance(make(lr)))(lrs), eager, rtol=RTOL)
+    grouped = jax.vmap(lambda lr: _advance(make([lr, lr * 2])))(lrs)
+    assert grouped.shape == (2, 2)
+    np.testing.assert_allclose(
+        grouped, [_advance(make([float(lr), float(lr) * 2])) for lr in lrs], rtol=RTOL
+    )
+    # nnx.jit and nnx.eval_shape build it from a traced LR
+    built = nnx.jit(make)(lrs[0])
+    np.testing.assert_allclose(float(_advance(built)), eager[0], rtol=RTOL)
+    abstract = nnx.eval_shape(make, lrs[0])
+    assert abstract.current_lr.get_value().shape == () and abstract.n_groups == 1
+    abstract = nnx.eval_shape(lambda lr: make([lr, lr]), lrs[0])
+    assert abstract.current_lr.get_value().shape == (2,) and abstract.n_groups == 2
+    # jax.jit through nnx.split / nnx.merge: the state leaves the compiled function
+    graphdefs = []
+
+    def init(lr):
+        graphdef, state = nnx.split(make([lr, lr * 2]))
+        graphdefs.append(graphdef)
+        return state
+
+    state = jax.jit(init)(lrs[0])
+    merged = nnx.merge(graphdefs[0], state)
+    np.testing.assert_allclose(
+        _advance(merged), _advance(make([float(lrs[0]), float(lrs[0]) * 2])), rtol=RTOL
+    )
+    # a concrete scheduler still describes itself in JSON
+    json.dumps(make(0.1).describe())
+    json.dumps(make([0.1, 0.2]).describe())

@@ -11,14 +11,19 @@ Because the state is held in variables (runtime values, never Python
 constants), ``scheduler.step()`` may be called eagerly or inside a compiled
 step, and neither stepping nor changing the LR retraces anything. The static
 configuration (``base_lr``, ``gamma``, ...) is plain Python data and is part of
-the graph definition.
+the graph definition (traced hyperparameters, e.g. under ``jax.vmap``, are
+graph data instead).
 
-Unlike braintools, every scheduler drives a single learning rate (no list of
-per-parameter-group LRs).
+As in braintools, ``base_lr`` is a float or a list of floats, one per
+parameter group (``base_lrs``, ``n_groups``); ``current_lr`` then holds one LR
+per group, and ``get_last_lr()`` lists them. Epochs may be fractional
+(``step(2.5)``): the whole epoch stays an exact int32 (``last_epoch``), the
+fraction is ``epoch_fraction``.
 
 The package is split by kind, and every name is importable from here:
 
-- ``base``: :class:`SchedulerState`, :class:`LRScheduler`, :func:`as_scheduler`;
+- ``base``: :class:`SchedulerState`, :class:`LRScheduler`, :func:`as_scheduler`,
+  :func:`reported_lr`;
 - ``closed_form``: decays that are a pure function of the epoch, computed by
   ``optax.schedules`` (optax's values are braintools');
 - ``warmup``: warmups and cycles, also pure functions of the epoch;
@@ -32,7 +37,7 @@ Example:
   True
 """
 
-from nnx_momentum.schedulers.base import LRScheduler, SchedulerState, as_scheduler
+from nnx_momentum.schedulers.base import LRScheduler, SchedulerState, as_scheduler, reported_lr
 from nnx_momentum.schedulers.closed_form import (
     ConstantLR,
     CosineAnnealingLR,
@@ -76,4 +81,5 @@ __all__ = [
     "WarmupCosineSchedule",
     "WarmupScheduler",
     "as_scheduler",
+    "reported_lr",
 ]

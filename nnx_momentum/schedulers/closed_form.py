@@ -4,8 +4,10 @@ Each :meth:`lr_at` builds the matching ``optax.schedules`` function and
 evaluates it, so the math is optax's (its values are braintools' to float32
 rounding). ``StepLR``, ``MultiStepLR``, ``ConstantLR`` and
 ``PiecewiseConstantSchedule`` step at whole epochs and truncate a fractional
-epoch; the others are evaluated between epochs too. The rising closed-form
-schedules (warmups, cycles) are in :mod:`nnx_momentum.schedulers.warmup`.
+epoch; the others are evaluated between epochs too. With a list of base LRs
+(one per parameter group) the schedule runs once per group, from that group's
+base LR. The rising closed-form schedules (warmups, cycles) are in
+:mod:`nnx_momentum.schedulers.warmup`.
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ import optax
 
 from nnx_momentum import _validation
 from nnx_momentum.schedulers.base import (
+    BaseLR,
     LRScheduler,
     _cosine,
     _epoch_float,
     _epoch_int,
     _evaluate,
+    _group_values,
     _increasing_ints,
+    _stored,
 )
 
 __all__ = [
@@ -49,22 +54,26 @@ class FixedLR(LRScheduler):
     .. math:: \eta_t = \eta_0
 
     Args:
-      base_lr: the learning rate, ``>= 0``.
+      base_lr: the learning rate, ``>= 0``; or a list, one per parameter group.
       last_epoch: initial epoch.
+
+    Raises:
+      ValueError: a negative, NaN or infinite LR, or an empty list.
 
     Example:
       >>> import nnx_momentum.schedulers as sch
       >>> s = sch.FixedLR(0.1)
       >>> s.step()
-      >>> round(s.get_last_lr()[0], 6)
-      0.1
+      >>> s.get_last_lr(), sch.FixedLR([0.1, 0.01]).get_last_lr()
+      ([0.1], [0.1, 0.01])
     """
 
-    def __init__(self, base_lr: float = 1e-3, last_epoch: int = 0):
+    def __init__(self, base_lr: BaseLR = 1e-3, last_epoch: int = 0):
         super().__init__(base_lr, last_epoch)
 
     def lr_at(self, epoch: ArrayLike) -> jax.Array:
-        return _evaluate(optax.constant_schedule(self.base_lr), jnp.asarray(epoch))
+        e = jnp.asarray(epoch)
+        return self._per_group(lambda g: _evaluate(optax.constant_schedule(self._base(g)), e))
 
 
 class StepLR(LRScheduler):
@@ -76,28 +85,47 @@ class StepLR(LRScheduler):
     truncated to an integer.
 
     Args:
-      base_lr: initial learning rate :math:`\eta_0`.
+      base_lr: initial learning rate :math:`\eta_0`; or a list, one per parameter group.
       step_size: period :math:`s` of the decay, an integer ``>= 1``.
       gamma: multiplicative factor :math:`\gamma > 0`.
       last_epoch: initial epoch.
+
+    Raises:
+      ValueError: an argument out of range (the message names it).
 
     Example:
       >>> import nnx_momentum.schedulers as sch
       >>> s = sch.StepLR(0.1, step_size=3, gamma=0.1)
       >>> [round(float(s.lr_at(t)), 6) for t in range(7)]
       [0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.001]
+      >>> groups = sch.StepLR([0.1, 0.2], step_size=3, gamma=0.5)  # one LR per group
+      >>> groups.step(3); groups.get_last_lr(), groups.lr_at(3).shape
+      ([0.05, 0.1], (2,))
     """
 
+    _truncates = True
+
     def __init__(
-        self, base_lr: float = 1e-3, step_size: int = 30, gamma: float = 0.1, last_epoch: int = 0
+        self,
+        base_lr: BaseLR = 1e-3,
+        step_size: int = 30,
+        gamma: float = 0.1,
+        last_epoch: int = 0,
     ):
         self.step_size = _validation.positive_int("step_size", step_size)
         self.gamma = _validation.positive("gamma", gamma)
         super().__init__(base_lr, last_epoch)
 
     def lr_at(self, epoch: ArrayLike) -> jax.Array:
-        schedule = optax.exponential_decay(self.base_lr, self.step_size, self.gamma, staircase=True)
-        return _evaluate(schedule, _epoch_int(epoch))
+        e = _epoch_int(epoch)
+
+        def lr(g: int) -> jax.Array:
+            schedule = optax.exponential_decay(
+                self._base(g), self.step_size, self.gamma, staircase=True
+            )
+            return _evaluate(schedule, e)
+
+        return self._per_group(lr)
 
 
 class MultiStepLR(LRScheduler):
@@ -109,10 +137,13 @@ class MultiStepLR(LRScheduler):
     milestone); ``t`` is truncated to an integer.
 
     Args:
-      base_lr: initial learning rate :math:`\eta_0`.
+      base_lr: initial learning rate :math:`\eta_0`; or a list, one per parameter group.
       milestones: strictly increasing epochs (integers ``>= 0``).
       gamma: multiplicative factor :math:`\gamma > 0`.
       last_epoch: initial epoch.
+
+    Raises:
+      ValueError: an argument out of range (the message names it).
 
     Example:
       >>> import nnx_momentum.schedulers as sch
@@ -121,9 +152,11 @@ class MultiStepLR(LRScheduler):
       [0.1, 0.01, 0.001]
     """
 
+    _truncates = True
+
     def __init__(
         self,
-        base_lr: float = 1e-3,
+        base_lr: BaseLR = 1e-3,
         milestones: Sequence[int] = (30, 60, 90),
         gamma: float = 0.1,
         last_epoch: int = 0,
@@ -134,7 +167,10 @@ class MultiStepLR(LRScheduler):
 
     def lr_at(self, epoch: ArrayLike) -> jax.Array:
         scales = {m: self.gamma for m in self.milestones}
-        return _evaluate(optax.piecewise_constant_schedule(self.base_lr, scales), _epoch_int(epoch))
+        e = _epoch_int(epoch)
+        return self._per_group(
+            lambda g: _evaluate(optax.piecewise_constant_schedule(self._base(g), scales), e)
+        )
 
 
 class ExponentialLR(LRScheduler):
@@ -145,9 +181,12 @@ class ExponentialLR(LRScheduler):
     Computed by ``optax.exponential_decay`` with one-epoch steps.
 
     Args:
-      base_lr: initial learning rate :math:`\eta_0`.
+      base_lr: initial learning rate :math:`\eta_0`; or a list, one per parameter group.
       gamma: multiplicative factor per epoch, :math:`\gamma > 0`.
       last_epoch: initial epoch.
+
+    Raises:
+      ValueError: an argument out of range (the message names it).
 
     Example:
       >>> import nnx_momentum.schedulers as sch
@@ -157,13 +196,15 @@ class ExponentialLR(LRScheduler):
       0.025
     """
 
-    def __init__(self, base_lr: float = 1e-3, gamma: float = 0.95, last_epoch: int = 0):
+    def __init__(self, base_lr: BaseLR = 1e-3, gamma: float = 0.95, last_epoch: int = 0):
         self.gamma = _validation.positive("gamma", gamma)
         super().__init__(base_lr, last_epoch)
 
     def lr_at(self, epoch: ArrayLike) -> jax.Array:
-        schedule = optax.exponential_decay(self.base_lr, 1, self.gamma)
-        return _evaluate(schedule, _epoch_float(epoch))
+        e = _epoch_float(epoch)
+        return self._per_group(
+            lambda g: _evaluate(optax.exponential_decay(self._base(g), 1, self.gamma), e)
+        )
 
 
 class ExponentialDecayLR(LRScheduler):
@@ -177,13 +218,16 @@ class ExponentialDecayLR(LRScheduler):
     ``end_value`` when given. Computed by ``optax.exponential_decay``.
 
     Args:
-      base_lr: initial learning rate :math:`\eta_0`.
+      base_lr: initial learning rate :math:`\eta_0`; or a list, one per parameter group.
       decay_steps: :math:`T`, integer ``>= 1``.
       decay_rate: :math:`\rho > 0`.
       transition_begin: :math:`t_0`, epochs held at ``base_lr`` (integer ``>= 0``).
       staircase: decay in discrete steps.
-      end_value: optional bound on the LR (``>= 0``).
+      end_value: optional bound on the LR (``>= 0``), the same for every group.
       last_epoch: initial epoch.
+
+    Raises:
+      ValueError: an argument out of range (the message names it).
 
     Example:
       >>> import nnx_momentum.schedulers as sch
@@ -194,7 +238,7 @@ class ExponentialDecayLR(LRScheduler):
 
     def __init__(
         self,
-        base_lr: float = 1e-3,
+        base_lr: BaseLR = 1e-3,
         decay_steps: int = 1000,
         decay_rate: float = 0.96,
         transition_begin: int = 0,
@@ -212,15 +256,20 @@ class ExponentialDecayLR(LRScheduler):
         super().__init__(base_lr, last_epoch)
 
     def lr_at(self, epoch: ArrayLike) -> jax.Array:
-        schedule = optax.exponential_decay(
-            self.base_lr,
-            self.decay_steps,
-            self.decay_rate,
-            transition_begin=self.transition_begin,
-            staircase=self.staircase,
-            end_value=self.end_value,
-        )
-        return _evaluate(schedule, _epoch_float(epoch))
+        e = _epoch_float(epoch)
+
+        def lr(g: int) -> jax.Array:
+            schedule = optax.exponential_decay(
+                self._base(g),
+                self.decay_steps,
+                self.decay_rate,
+                transition_begin=self.transition_begin,
+                staircase=self.staircase,
+                end_value=self.end_value,
+            )
+            return _evaluate(schedule, e)
+
+        return self._per_group(lr)
 
 
 class CosineAnnealingLR(LRScheduler):
@@ -233,10 +282,13 @@ class CosineAnnealingLR(LRScheduler):
     Computed by ``optax.cosine_decay_schedule``.
 
     Args:
-      base_lr: initial learning rate :math:`\eta_0`.
+      base_lr: initial learning rate :math:`\eta_0`; or a list, one per parameter group.
       T_max: length of the annealing, integer ``>= 1``.
-      eta_min: final learning rate, ``>= 0``.
+      eta_min: final learning rate, ``>= 0`` (every group's).
       last_epoch: initial epoch.
+
+    Raises:
+      ValueError: an argument out of range (the message names it).
 
     Example:
       >>> import nnx_momentum.schedulers as sch
@@ -246,14 +298,17 @@ class CosineAnnealingLR(LRScheduler):
     """
 
     def __init__(
-        self, base_lr: float = 1e-3, T_max: int = 50, eta_min: float = 0.0, last_epoch: int = 0
+        self, base_lr: BaseLR = 1e-3, T_max: int = 50, eta_min: float = 0.0, last_epoch: int = 0
     ):
         self.T_max = _validation.positive_int("T_max", T_max)
         self.eta_min = _validation.non_negative("eta_min", eta_min)
         super().__init__(base_lr, last_epoch)
 
     def lr_at(self, epoch: ArrayLike) -> jax.Array:
-        return _evaluate(_cosine(self.base_lr, self.eta_min, self.T_max), _epoch_float(epoch))
+        e = _epoch_float(epoch)
+        return self._per_group(
+            lambda g: _evaluate(_cosine(self._base(g), self.eta_min, self.T_max), e)
+        )
 
 
 class PolynomialLR(LRScheduler):
@@ -264,10 +319,13 @@ class PolynomialLR(LRScheduler):
     Computed by ``optax.polynomial_schedule`` (end value 0).
 
     Args:
-      base_lr: initial learning rate :math:`\eta_0`.
+      base_lr: initial learning rate :math:`\eta_0`; or a list, one per parameter group.
       total_iters: :math:`N`, integer ``>= 1``.
       power: :math:`p \ge 0`.
       last_epoch: initial epoch.
+
+    Raises:
+      ValueError: an argument out of range (the message names it).
 
     Example:
       >>> import nnx_momentum.schedulers as sch
@@ -277,15 +335,23 @@ class PolynomialLR(LRScheduler):
     """
 
     def __init__(
-        self, base_lr: float = 1e-3, total_iters: int = 5, power: float = 1.0, last_epoch: int = 0
+        self,
+        base_lr: BaseLR = 1e-3,
+        total_iters: int = 5,
+        power: float = 1.0,
+        last_epoch: int = 0,
     ):
         self.total_iters = _validation.positive_int("total_iters", total_iters)
         self.power = _validation.non_negative("power", power)
         super().__init__(base_lr, last_epoch)
 
     def lr_at(self, epoch: ArrayLike) -> jax.Array:
-        schedule = optax.polynomial_schedule(self.base_lr, 0.0, self.power, self.total_iters)
-        return _evaluate(schedule, _epoch_float(epoch))
+        e = _epoch_float(epoch)
+        return self._per_group(
+            lambda g: _evaluate(
+                optax.polynomial_schedule(self._base(g), 0.0, self.power, self.total_iters), e
+            )
+        )
 
 
 class LinearLR(LRScheduler):
@@ -297,11 +363,14 @@ class LinearLR(LRScheduler):
     Computed by ``optax.linear_schedule`` from :math:`\eta_0 f_s` to :math:`\eta_0 f_e`.
 
     Args:
-      base_lr: :math:`\eta_0`.
+      base_lr: :math:`\eta_0`; or a list, one per parameter group.
       start_factor: :math:`f_s \ge 0`.
       end_factor: :math:`f_e \ge 0`.
       total_iters: :math:`N`, integer ``>= 0`` (0: ``end_factor`` from the start).
       last_epoch: initial epoch.
+
+    Raises:
+      ValueError: an argument out of range (the message names it).
 
     Example:
       >>> import nnx_momentum.schedulers as sch
@@ -312,7 +381,7 @@ class LinearLR(LRScheduler):
 
     def __init__(
         self,
-        base_lr: float = 1e-3,
+        base_lr: BaseLR = 1e-3,
         start_factor: float = 1.0 / 3,
         end_factor: float = 1.0,
         total_iters: int = 5,
@@ -324,12 +393,18 @@ class LinearLR(LRScheduler):
         super().__init__(base_lr, last_epoch)
 
     def lr_at(self, epoch: ArrayLike) -> jax.Array:
-        start, end = self.base_lr * self.start_factor, self.base_lr * self.end_factor
-        if self.total_iters == 0:  # optax's 0-step linear schedule would hold the start LR
-            schedule = optax.constant_schedule(end)
-        else:
-            schedule = optax.linear_schedule(start, end, self.total_iters)
-        return _evaluate(schedule, _epoch_float(epoch))
+        e = _epoch_float(epoch)
+
+        def lr(g: int) -> jax.Array:
+            base = self._base(g)
+            start, end = base * self.start_factor, base * self.end_factor
+            if self.total_iters == 0:  # optax's 0-step linear schedule would hold the start LR
+                schedule = optax.constant_schedule(end)
+            else:
+                schedule = optax.linear_schedule(start, end, self.total_iters)
+            return _evaluate(schedule, e)
+
+        return self._per_group(lr)
 
 
 class ConstantLR(LRScheduler):
@@ -341,10 +416,13 @@ class ConstantLR(LRScheduler):
     truncated to an integer.
 
     Args:
-      base_lr: :math:`\eta_0`.
+      base_lr: :math:`\eta_0`; or a list, one per parameter group.
       factor: :math:`f \ge 0`.
       total_iters: :math:`N`, integer ``>= 0``.
       last_epoch: initial epoch.
+
+    Raises:
+      ValueError: an argument out of range (the message names it).
 
     Example:
       >>> import nnx_momentum.schedulers as sch
@@ -353,9 +431,11 @@ class ConstantLR(LRScheduler):
       [0.05, 0.05, 0.1]
     """
 
+    _truncates = True
+
     def __init__(
         self,
-        base_lr: float = 1e-3,
+        base_lr: BaseLR = 1e-3,
         factor: float = 1.0 / 3,
         total_iters: int = 5,
         last_epoch: int = 0,
@@ -365,11 +445,16 @@ class ConstantLR(LRScheduler):
         super().__init__(base_lr, last_epoch)
 
     def lr_at(self, epoch: ArrayLike) -> jax.Array:
-        pieces = [self.base_lr * self.factor, self.base_lr]
-        schedule = optax.join_schedules(
-            [optax.constant_schedule(v) for v in pieces], [self.total_iters]
-        )
-        return _evaluate(schedule, _epoch_int(epoch))
+        e = _epoch_int(epoch)
+
+        def lr(g: int) -> jax.Array:
+            pieces = [self._base(g) * self.factor, self._base(g)]
+            schedule = optax.join_schedules(
+                [optax.constant_schedule(v) for v in pieces], [self.total_iters]
+            )
+            return _evaluate(schedule, e)
+
+        return self._per_group(lr)
 
 
 class PiecewiseConstantSchedule(LRScheduler):
@@ -379,14 +464,21 @@ class PiecewiseConstantSchedule(LRScheduler):
 
     Computed by ``optax.join_schedules`` of constant schedules (exact values,
     unlike ``optax.piecewise_constant_schedule``'s products of ratios); ``t``
-    is truncated to an integer.
+    is truncated to an integer. As in braintools, every parameter group gets
+    the same values.
 
     Args:
       base_lr: accepted for braintools compatibility and ignored (the values are
-        absolute learning rates); the ``base_lr`` attribute is ``values[0]``.
+        absolute learning rates), except that a list of ``n`` gives ``n``
+        parameter groups; the ``base_lr`` attribute (each of ``base_lrs``) is
+        ``values[0]``.
       boundaries: strictly increasing epochs (integers ``>= 0``); default ``[1000, 2000]``.
       values: ``len(boundaries) + 1`` learning rates ``>= 0``; default ``[1.0, 0.1, 0.01]``.
       last_epoch: initial epoch.
+
+    Raises:
+      ValueError: an argument out of range, or ``values`` not one longer than
+        ``boundaries`` (the message names it).
 
     Example:
       >>> import nnx_momentum.schedulers as sch
@@ -395,31 +487,39 @@ class PiecewiseConstantSchedule(LRScheduler):
       [0.1, 0.01, 0.001]
     """
 
+    _truncates = True
+
     def __init__(
         self,
-        base_lr: float = 1e-3,
+        base_lr: BaseLR = 1e-3,
         boundaries: Sequence[int] | None = None,
         values: Sequence[float] | None = None,
         last_epoch: int = 0,
     ):
-        self._base_lr_arg = _validation.non_negative("base_lr", base_lr)
+        given_base, grouped = _group_values("base_lr", base_lr)
+        self._base_lr_arg = _stored(given_base) if grouped else given_base[0]
         self.boundaries = _increasing_ints(
             "boundaries", [1000, 2000] if boundaries is None else boundaries
         )
         given = [1.0, 0.1, 0.01] if values is None else list(values)
-        self.values = tuple(_validation.non_negative("values", v) for v in given)
-        if len(self.values) != len(self.boundaries) + 1:
+        checked = [_validation.non_negative("values", v) for v in given]
+        if len(checked) != len(self.boundaries) + 1:
             raise ValueError(
                 "values must have exactly one more element than boundaries; got "
-                f"len(values)={len(self.values)}, len(boundaries)={len(self.boundaries)}."
+                f"len(values)={len(checked)}, len(boundaries)={len(self.boundaries)}."
             )
-        super().__init__(self.values[0], last_epoch)
+        self.values = _stored(checked)
+        first = checked[0]
+        super().__init__([first] * len(given_base) if grouped else first, last_epoch)
 
     def _described_arg(self, name: str) -> Any:
-        return self._base_lr_arg if name == "base_lr" else super()._described_arg(name)
+        if name == "base_lr":
+            return self._base_lr_arg
+        return super()._described_arg(name)
 
     def lr_at(self, epoch: ArrayLike) -> jax.Array:
         schedule = optax.join_schedules(
             [optax.constant_schedule(v) for v in self.values], list(self.boundaries)
         )
-        return _evaluate(schedule, _epoch_int(epoch))
+        lr = _evaluate(schedule, _epoch_int(epoch))
+        return self._per_group(lambda g: lr)

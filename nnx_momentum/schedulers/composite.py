@@ -1,7 +1,8 @@
 """Composite schedules: ``ChainedScheduler`` and ``SequentialLR``.
 
 Their children are sub-nodes (an ``nnx.List``), so the children's state is
-part of the composite's state, its ``state_dict`` and every checkpoint.
+part of the composite's state, its ``state_dict`` and every checkpoint. The
+children must drive the same parameter groups (the same number of LRs).
 """
 
 from __future__ import annotations
@@ -11,9 +12,19 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from nnx_momentum.schedulers.base import LRScheduler, _epoch_int, _f32, _increasing_ints
+from nnx_momentum.schedulers.base import (
+    LAYOUT_0_2,
+    LRScheduler,
+    SchedulerState,
+    _check_child_states,
+    _f32,
+    _increasing_ints,
+    _read,
+    _write,
+)
 from nnx_momentum.schedulers.stateful import ReduceLROnPlateau
 from nnx_momentum.tree import live_variables
 
@@ -35,14 +46,32 @@ def _check_children(name: str, schedulers: Any) -> list[LRScheduler]:
             )
     if len({id(c) for c in children}) != len(children):
         raise ValueError(f"{name} must not contain the same scheduler twice.")
+    first = children[0]
+    for k, child in enumerate(children[1:], start=1):
+        if child._grouped != first._grouped or child.n_groups != first.n_groups:
+
+            def form(c: LRScheduler) -> str:
+                return f"a list of {c.n_groups} base LRs" if c._grouped else "a float base LR"
+
+            raise ValueError(
+                f"{name} must all drive the same parameter groups: {name}[0] "
+                f"({type(first).__name__}) has {form(first)}, {name}[{k}] "
+                f"({type(child).__name__}) has {form(child)}."
+            )
     return children
+
+
+def _first_base(child: LRScheduler) -> Any:
+    """A child's base LR argument: a float, or its list of base LRs."""
+    return child.base_lrs if child._grouped else child.base_lr
 
 
 class ChainedScheduler(LRScheduler):
     r"""Applies several schedulers at once: their LR factors multiply.
 
     With :math:`\eta^{(k)}_t` and :math:`\eta^{(k)}_0` the LR and base LR of child
-    :math:`k` (a child with a zero base LR contributes a factor 0):
+    :math:`k` (per parameter group; a child with a zero base LR contributes a
+    factor 0):
 
     .. math:: \eta_t = \eta^{(1)}_0 \prod_k \frac{\eta^{(k)}_t}{\eta^{(k)}_0}
 
@@ -51,7 +80,13 @@ class ChainedScheduler(LRScheduler):
     ``ReduceLROnPlateau`` child needs ``step(metric=...)``.
 
     Args:
-      schedulers: a non-empty list of schedulers.
+      schedulers: a non-empty list of schedulers, all with a float base LR or
+        all with lists of the same length (the same parameter groups).
+
+    Raises:
+      TypeError: ``schedulers`` is not a list of schedulers.
+      ValueError: it is empty, holds a scheduler twice, or its children drive
+        different parameter groups (the message names ``schedulers``).
 
     Example:
       >>> import nnx_momentum.schedulers as sch
@@ -59,25 +94,24 @@ class ChainedScheduler(LRScheduler):
       ...     sch.LinearLR(0.1, start_factor=0.5, total_iters=2),
       ...     sch.ExponentialLR(0.1, gamma=0.5)])
       >>> s.step()
-      >>> round(s.get_last_lr()[0], 6)
-      0.0375
+      >>> s.get_last_lr()
+      [0.0375]
     """
 
     def __init__(self, schedulers: Sequence[LRScheduler]):
         children = _check_children("schedulers", schedulers)
         self.schedulers = nnx.List(children)
-        super().__init__(children[0].base_lr, 0)
+        super().__init__(_first_base(children[0]), 0)
 
     def _described_arg(self, name: str) -> Any:
         return list(self.schedulers) if name == "schedulers" else super()._described_arg(name)
 
     def _combine(self, lrs: Sequence[jax.Array]) -> jax.Array:
-        lr = jnp.float32(self.base_lr)
+        lr = self._base_array()
         for child, child_lr in zip(self.schedulers, lrs, strict=True):
-            if child.base_lr == 0:
-                lr = lr * 0.0
-            else:
-                lr = lr * (child_lr / child.base_lr)
+            base = child._base_array()
+            nonzero = base != 0
+            lr = lr * jnp.where(nonzero, child_lr / jnp.where(nonzero, base, 1), 0.0)
         return _f32(lr)
 
     def lr_at(self, epoch: ArrayLike) -> jax.Array:
@@ -86,10 +120,20 @@ class ChainedScheduler(LRScheduler):
     def get_lr(self) -> jax.Array:
         return self._combine([child.get_lr() for child in self.schedulers])
 
+    def _has_plateau(self) -> bool:
+        return any(isinstance(c, ReduceLROnPlateau) for c in self.schedulers)
+
     def step(self, epoch: ArrayLike | None = None, *, metric: ArrayLike | None = None) -> None:
-        """Steps every child (passing ``metric`` to ``ReduceLROnPlateau`` children)."""
-        plateau = any(isinstance(c, ReduceLROnPlateau) for c in self.schedulers)
-        if plateau and metric is None:
+        """Steps every child (passing ``metric`` to ``ReduceLROnPlateau`` children).
+
+        Args:
+          epoch: the epoch to move to (default: the next one), as for every scheduler.
+          metric: the monitored value, required when a child is a ``ReduceLROnPlateau``.
+
+        Raises:
+          TypeError: a ``ReduceLROnPlateau`` child and no ``metric``.
+        """
+        if self._has_plateau() and metric is None:
             raise TypeError(
                 "ChainedScheduler.step() holds a ReduceLROnPlateau: call step(metric=...)."
             )
@@ -98,8 +142,20 @@ class ChainedScheduler(LRScheduler):
                 child.step(metric, epoch)
             else:
                 child.step(epoch)
-        self.last_epoch[...] = self._next_epoch(epoch)
-        self.current_lr[...] = self.get_lr()
+        super()._step_to(*self._next_epoch(epoch))
+
+    def _step_to(self, whole: jax.Array, frac: jax.Array) -> None:
+        if self._has_plateau():
+            raise TypeError(
+                "a ChainedScheduler holding a ReduceLROnPlateau needs step(metric=...)."
+            )
+        for child in self.schedulers:
+            child._step_to(whole, frac)
+        super()._step_to(whole, frac)
+
+    def _check_state_dict(self, state_dict: dict[str, Any], what: str) -> None:
+        if "schedulers" in state_dict:
+            _check_child_states(self, list(self.schedulers), state_dict["schedulers"], what)
 
 
 class SequentialLR(LRScheduler):
@@ -107,17 +163,30 @@ class SequentialLR(LRScheduler):
 
     With milestones :math:`m_1 < \dots < m_{K-1}` and :math:`m_0 = 0`, epoch
     :math:`t` belongs to child :math:`k = \#\{i \ge 1 : m_i \le t\}`, which is
-    stepped to its own epoch :math:`t - m_k`:
+    stepped to its own epoch :math:`t - m_k` (a fractional :math:`t` keeps its
+    fraction):
 
     .. math:: \eta_t = \eta^{(k)}_{t - m_k}
 
     Only the active child's state changes at a step. The children are
-    sub-nodes (an ``nnx.List``).
+    sub-nodes (an ``nnx.List``). The milestones are state too
+    (``SchedulerState`` int32 of shape ``(K - 1,)``): a ``state_dict`` or a
+    checkpoint restores them, as braintools does, and reading them at run time
+    means a restored value never recompiles a step.
 
     Args:
-      schedulers: ``K`` schedulers (not ``ReduceLROnPlateau``).
+      schedulers: ``K`` schedulers (not ``ReduceLROnPlateau``), driving the
+        same parameter groups.
       milestones: ``K - 1`` strictly increasing epochs.
       last_epoch: initial epoch.
+
+    Raises:
+      TypeError: ``schedulers`` is not a list of schedulers, or holds a
+        ``ReduceLROnPlateau``.
+      ValueError: ``milestones`` are not ``K - 1`` increasing integers ``>= 0``,
+        or the children drive different parameter groups (the message names
+        the argument); in :meth:`load_state_dict`, a state of another number
+        of children or milestones.
 
     Example:
       >>> import nnx_momentum.schedulers as sch
@@ -126,6 +195,8 @@ class SequentialLR(LRScheduler):
       ...     milestones=[3])
       >>> [round(float(s.lr_at(t)), 6) for t in (0, 3, 4, 5)]
       [0.1, 0.1, 0.05, 0.025]
+      >>> s.milestones[...].tolist(), s.describe()["milestones"]
+      ([3], [3])
     """
 
     def __init__(
@@ -138,54 +209,72 @@ class SequentialLR(LRScheduler):
                     "schedulers must not contain ReduceLROnPlateau in SequentialLR "
                     "(it needs a metric at every step)."
                 )
-        self.milestones = _increasing_ints("milestones", milestones)
-        if len(self.milestones) != len(children) - 1:
+        checked = _increasing_ints("milestones", milestones)
+        if len(checked) != len(children) - 1:
             raise ValueError(
                 "milestones must have len(schedulers) - 1 elements; got "
-                f"milestones={list(self.milestones)} for {len(children)} schedulers."
+                f"milestones={list(checked)} for {len(children)} schedulers."
             )
+        self.milestones = SchedulerState(
+            jnp.asarray(checked, jnp.int32).reshape(len(checked)), since=LAYOUT_0_2
+        )
         self.schedulers = nnx.List(children)
-        super().__init__(children[0].base_lr, last_epoch)
+        super().__init__(_first_base(children[0]), last_epoch)
 
     def _described_arg(self, name: str) -> Any:
-        return list(self.schedulers) if name == "schedulers" else super()._described_arg(name)
+        if name == "schedulers":
+            return list(self.schedulers)
+        if name == "milestones":
+            return _read(self.milestones)
+        return super()._described_arg(name)
 
-    @property
-    def _offsets(self) -> tuple[int, ...]:
-        return (0, *self.milestones)
+    def _offsets(self) -> list[Any]:
+        ms = _read(self.milestones)
+        return [0, *(ms[k] for k in range(len(self.schedulers) - 1))]
 
-    def _index(self, epoch: ArrayLike) -> jax.Array:
-        e = _epoch_int(epoch)
-        idx = jnp.zeros(jnp.shape(e), jnp.int32)
-        for m in self.milestones:
-            idx = idx + (e >= m).astype(jnp.int32)
-        return idx
+    def _index(self, epoch: jax.Array) -> jax.Array:
+        ms = _read(self.milestones)
+        return jnp.sum(epoch[..., None] >= ms, axis=-1, dtype=jnp.int32)
 
     @staticmethod
     def _select(idx: jax.Array, values: Sequence[jax.Array]) -> jax.Array:
         out = _f32(values[0])
+        idx = idx.reshape(idx.shape + (1,) * (out.ndim - idx.ndim))  # over a group axis
         for k, v in enumerate(values[1:], start=1):
             out = jnp.where(idx == k, _f32(v), out)
         return out
 
     def lr_at(self, epoch: ArrayLike) -> jax.Array:
-        e = _epoch_int(epoch)
-        lrs = [c.lr_at(e - off) for c, off in zip(self.schedulers, self._offsets, strict=True)]
+        e = jnp.asarray(epoch)
+        lrs = [c.lr_at(e - off) for c, off in zip(self.schedulers, self._offsets(), strict=True)]
         return self._select(self._index(e), lrs)
 
     def get_lr(self) -> jax.Array:
-        return self._select(
-            self._index(self.last_epoch[...]), [c.get_lr() for c in self.schedulers]
-        )
+        idx = self._index(_read(self.last_epoch))
+        return self._select(idx, [c.get_lr() for c in self.schedulers])
 
-    def step(self, epoch: ArrayLike | None = None) -> None:
-        new_epoch = self._next_epoch(epoch)
-        idx = self._index(new_epoch)
-        for k, (child, off) in enumerate(zip(self.schedulers, self._offsets, strict=True)):
-            variables = list(live_variables(child, f"SequentialLR child {k}").values())
-            before = [var[...] for var in variables]
-            child.step(new_epoch - off)
+    def _step_to(self, whole: jax.Array, frac: jax.Array) -> None:
+        idx = self._index(whole)
+        for k, (child, off) in enumerate(zip(self.schedulers, self._offsets(), strict=True)):
+            state = nnx.state(child, SchedulerState)
+            variables = list(live_variables(state, f"SequentialLR child {k}").values())
+            before = [_read(var) for var in variables]
+            child._step_to(whole - off, frac)
             for var, old in zip(variables, before, strict=True):
-                var[...] = jnp.where(idx == k, var[...], old)
-        self.last_epoch[...] = new_epoch
-        self.current_lr[...] = self.get_lr()
+                _write(var, jnp.where(idx == k, _read(var), old))
+        super()._step_to(whole, frac)
+
+    def _check_state_dict(self, state_dict: dict[str, Any], what: str) -> None:
+        if "schedulers" in state_dict:
+            _check_child_states(self, list(self.schedulers), state_dict["schedulers"], what)
+        if "milestones" in state_dict:
+            saved = np.asarray(state_dict["milestones"])
+            expected = len(self.schedulers) - 1
+            if saved.shape != (expected,):
+                raise ValueError(
+                    f"{what}: milestones: the state holds {saved.size} milestone(s) "
+                    f"{saved.reshape(-1).tolist()}, this SequentialLR has {expected} (for "
+                    f"{len(self.schedulers)} schedulers); it was saved from another composition."
+                )
+            if np.issubdtype(saved.dtype, np.integer):
+                _increasing_ints(f"{what}: milestones", saved.tolist())

@@ -3,7 +3,8 @@
 ``WarmupScheduler`` and ``WarmupCosineSchedule`` evaluate ``optax.schedules``
 functions; ``CyclicLR`` (no optax counterpart) and ``OneCycleLR`` (optax's
 ends elsewhere) are written out, each saying why. All are evaluated between
-epochs too (a fractional epoch is not truncated).
+epochs too (a fractional epoch is not truncated), and run once per parameter
+group for a list of base LRs (``max_lr`` for ``CyclicLR`` and ``OneCycleLR``).
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import optax
 
 from nnx_momentum import _validation
 from nnx_momentum.schedulers.base import (
+    BaseLR,
     LRScheduler,
     _cosine,
     _epoch_float,
     _evaluate,
-    _f32,
+    _group_values,
+    _stored,
 )
 
 __all__ = [
@@ -42,10 +45,14 @@ class WarmupScheduler(LRScheduler):
     Computed by ``optax.linear_schedule``.
 
     Args:
-      base_lr: learning rate after warmup :math:`\eta_0`.
+      base_lr: learning rate after warmup :math:`\eta_0`; or a list, one per
+        parameter group.
       warmup_epochs: :math:`W`, integer ``>= 0`` (0: no warmup).
-      warmup_start_lr: :math:`\eta_s`, ``>= 0``.
+      warmup_start_lr: :math:`\eta_s`, ``>= 0`` (every group's).
       last_epoch: initial epoch.
+
+    Raises:
+      ValueError: an argument out of range (the message names it).
 
     Example:
       >>> import nnx_momentum.schedulers as sch
@@ -56,7 +63,7 @@ class WarmupScheduler(LRScheduler):
 
     def __init__(
         self,
-        base_lr: float = 1e-3,
+        base_lr: BaseLR = 1e-3,
         warmup_epochs: int = 5,
         warmup_start_lr: float = 0.0,
         last_epoch: int = 0,
@@ -66,11 +73,18 @@ class WarmupScheduler(LRScheduler):
         super().__init__(base_lr, last_epoch)
 
     def lr_at(self, epoch: ArrayLike) -> jax.Array:
-        if self.warmup_epochs == 0:  # optax's 0-step linear schedule would hold the start LR
-            schedule = optax.constant_schedule(self.base_lr)
-        else:
-            schedule = optax.linear_schedule(self.warmup_start_lr, self.base_lr, self.warmup_epochs)
-        return _evaluate(schedule, _epoch_float(epoch))
+        e = _epoch_float(epoch)
+
+        def lr(g: int) -> jax.Array:
+            if self.warmup_epochs == 0:  # optax's 0-step linear schedule would hold the start
+                schedule = optax.constant_schedule(self._base(g))
+            else:
+                schedule = optax.linear_schedule(
+                    self.warmup_start_lr, self._base(g), self.warmup_epochs
+                )
+            return _evaluate(schedule, e)
+
+        return self._per_group(lr)
 
 
 class WarmupCosineSchedule(LRScheduler):
@@ -91,12 +105,15 @@ class WarmupCosineSchedule(LRScheduler):
     ``N = W``, and an end value that cannot be reached from a peak of 0).
 
     Args:
-      base_lr: peak learning rate :math:`\eta_0`.
+      base_lr: peak learning rate :math:`\eta_0`; or a list, one per parameter group.
       warmup_steps: :math:`W`, integer ``>= 0``.
       total_steps: :math:`N`, integer ``>= 1`` and ``>= warmup_steps``.
-      warmup_start_lr: :math:`\eta_s \ge 0`.
-      eta_min: final learning rate :math:`\eta_{min} \ge 0`.
+      warmup_start_lr: :math:`\eta_s \ge 0` (every group's).
+      eta_min: final learning rate :math:`\eta_{min} \ge 0` (every group's).
       last_epoch: initial epoch.
+
+    Raises:
+      ValueError: an argument out of range (the message names it).
 
     Example:
       >>> import nnx_momentum.schedulers as sch
@@ -107,7 +124,7 @@ class WarmupCosineSchedule(LRScheduler):
 
     def __init__(
         self,
-        base_lr: float = 1e-3,
+        base_lr: BaseLR = 1e-3,
         warmup_steps: int = 1000,
         total_steps: int = 10000,
         warmup_start_lr: float = 0.0,
@@ -125,14 +142,39 @@ class WarmupCosineSchedule(LRScheduler):
         super().__init__(base_lr, last_epoch)
 
     def lr_at(self, epoch: ArrayLike) -> jax.Array:
+        e = _epoch_float(epoch)
         w = self.warmup_steps
-        warmup: Any = (
-            optax.linear_schedule(self.warmup_start_lr, self.base_lr, w)
-            if w > 0
-            else optax.constant_schedule(self.warmup_start_lr)  # never reached for t >= 0
+
+        def lr(g: int) -> jax.Array:
+            base = self._base(g)
+            warmup: Any = (
+                optax.linear_schedule(self.warmup_start_lr, base, w)
+                if w > 0
+                else optax.constant_schedule(self.warmup_start_lr)  # never reached for t >= 0
+            )
+            decay = _cosine(base, self.eta_min, max(self.total_steps - w, 1))
+            return _evaluate(optax.join_schedules([warmup, decay], [w]), e)
+
+        return self._per_group(lr)
+
+
+def _paired_groups(
+    base_name: str, base: Any, other_name: str, other: Any
+) -> tuple[list[Any], list[Any], bool]:
+    """Two per-group arguments (each a float or a list), broadcast to one length."""
+    bases, base_listed = _group_values(base_name, base)
+    others, other_listed = _group_values(other_name, other)
+    if base_listed and other_listed and len(bases) != len(others):
+        raise ValueError(
+            f"{other_name} must be a float or a list as long as {base_name} (one per "
+            f"parameter group); got {len(others)} values for {len(bases)} groups."
         )
-        decay = _cosine(self.base_lr, self.eta_min, max(self.total_steps - w, 1))
-        return _evaluate(optax.join_schedules([warmup, decay], [w]), _epoch_float(epoch))
+    n = max(len(bases), len(others))
+    if len(bases) < n:
+        bases = bases * n
+    if len(others) < n:
+        others = others * n
+    return bases, others, base_listed or other_listed
 
 
 class CyclicLR(LRScheduler):
@@ -149,10 +191,13 @@ class CyclicLR(LRScheduler):
     with the scale :math:`\sigma = 1` (``triangular``), :math:`2^{1-c}`
     (``triangular2``), :math:`\gamma^t` (``exp_range``), or
     ``scale_fn(c)`` / ``scale_fn(t)`` (``scale_mode`` ``'cycle'`` / ``'iterations'``).
+    Each parameter group cycles between its own :math:`\eta_0` and :math:`\eta_{max}`.
 
     Args:
-      base_lr: lower bound :math:`\eta_0`.
-      max_lr: upper bound :math:`\eta_{max}`.
+      base_lr: lower bound :math:`\eta_0`; or a list, one per parameter group.
+      max_lr: upper bound :math:`\eta_{max}`; or a list, one per parameter group
+        (a float is shared by every group, and a list makes groups of a float
+        ``base_lr`` too).
       step_size_up: epochs of the rising half, integer ``>= 1``.
       step_size_down: epochs of the falling half (default ``step_size_up``).
       mode: ``'triangular'``, ``'triangular2'`` or ``'exp_range'``.
@@ -161,17 +206,24 @@ class CyclicLR(LRScheduler):
       scale_mode: ``'cycle'`` or ``'iterations'``: what ``scale_fn`` receives.
       last_epoch: initial epoch.
 
+    Raises:
+      ValueError: an argument out of range, or lists of different lengths for
+        ``base_lr`` and ``max_lr`` (the message names it).
+      TypeError: ``scale_fn`` is not callable.
+
     Example:
       >>> import nnx_momentum.schedulers as sch
       >>> s = sch.CyclicLR(0.01, max_lr=0.1, step_size_up=2)
       >>> [round(float(s.lr_at(t)), 6) for t in range(5)]
       [0.01, 0.055, 0.1, 0.055, 0.01]
+      >>> sch.CyclicLR([0.01, 0.02], max_lr=[0.1, 0.3], step_size_up=2).max_lrs
+      [0.1, 0.3]
     """
 
     def __init__(
         self,
-        base_lr: float = 1e-3,
-        max_lr: float = 1e-2,
+        base_lr: BaseLR = 1e-3,
+        max_lr: BaseLR = 1e-2,
         step_size_up: int = 2000,
         step_size_down: int | None = None,
         mode: str = "triangular",
@@ -180,7 +232,10 @@ class CyclicLR(LRScheduler):
         scale_mode: str = "cycle",
         last_epoch: int = 0,
     ):
-        self.max_lr = _validation.non_negative("max_lr", max_lr)
+        bases, maxes, grouped = _paired_groups("base_lr", base_lr, "max_lr", max_lr)
+        self.max_lr = maxes[0]
+        if grouped:
+            self._max_lrs = _stored(maxes)
         self.step_size_up = _validation.positive_int("step_size_up", step_size_up)
         self.step_size_down = (
             None
@@ -193,7 +248,20 @@ class CyclicLR(LRScheduler):
             raise TypeError(f"scale_fn must be a callable or None, got {scale_fn!r}.")
         self.scale_fn = scale_fn
         self.scale_mode = _validation.one_of("scale_mode", scale_mode, ("cycle", "iterations"))
-        super().__init__(base_lr, last_epoch)
+        super().__init__(bases if grouped else bases[0], last_epoch)
+
+    @property
+    def max_lrs(self) -> list[Any]:
+        """The upper bound of each parameter group (braintools' name)."""
+        return list(self._max_lrs) if self._grouped else [self.max_lr]
+
+    def _max(self, group: int) -> Any:
+        return self._max_lrs[group] if self._grouped else self.max_lr
+
+    def _described_arg(self, name: str) -> Any:
+        if name == "max_lr":
+            return self.max_lrs if self._grouped else self.max_lr
+        return super()._described_arg(name)
 
     def lr_at(self, epoch: ArrayLike) -> jax.Array:
         # hand-written: optax has no cyclical schedule (nor triangular2/exp_range scaling)
@@ -213,7 +281,9 @@ class CyclicLR(LRScheduler):
             scale = 1.0 / jnp.power(2.0, cycle - 1)
         else:
             scale = jnp.power(jnp.float32(self.gamma), e)
-        return _f32(self.base_lr + (self.max_lr - self.base_lr) * scale * height)
+        return self._per_group(
+            lambda g: self._base(g) + (self._max(g) - self._base(g)) * scale * height
+        )
 
 
 class OneCycleLR(LRScheduler):
@@ -229,12 +299,13 @@ class OneCycleLR(LRScheduler):
           \eta_{min} + f(a_t)(\eta_{max} - \eta_{min}) & t > W
         \end{cases},\quad a_t = \mathrm{clip}\!\left(\frac{t - W}{(1-p)N}, 0, 1\right)
 
-    with :math:`f(a) = (1 + \cos \pi a)/2` (``'cos'``) or :math:`1 - a` (``'linear'``).
-    The schedule has no ``base_lr`` argument; the ``base_lr`` attribute is the
-    initial LR :math:`\eta_0`. (braintools 0.4.0 has no ``three_phase`` option.)
+    with :math:`f(a) = (1 + \cos \pi a)/2` (``'cos'``) or :math:`1 - a` (``'linear'``),
+    per parameter group for a list of ``max_lr``. The schedule has no ``base_lr``
+    argument; the ``base_lr`` attribute is the initial LR :math:`\eta_0`
+    (``base_lrs``: each group's). (braintools 0.4.0 has no ``three_phase`` option.)
 
     Args:
-      max_lr: peak learning rate.
+      max_lr: peak learning rate; or a list, one per parameter group.
       total_steps: :math:`N`; or give both ``epochs`` and ``steps_per_epoch``.
       epochs: number of epochs (with ``steps_per_epoch``).
       steps_per_epoch: steps per epoch (with ``epochs``).
@@ -244,16 +315,22 @@ class OneCycleLR(LRScheduler):
       final_div_factor: :math:`\eta_{max}/\eta_{min} > 0`.
       last_epoch: initial epoch.
 
+    Raises:
+      ValueError: an argument out of range, or neither ``total_steps`` nor both
+        ``epochs`` and ``steps_per_epoch`` (the message names it).
+
     Example:
       >>> import nnx_momentum.schedulers as sch
       >>> s = sch.OneCycleLR(max_lr=0.1, total_steps=8)
       >>> [round(float(s.lr_at(t)), 6) for t in (0, 1, 3)]
       [0.004, 0.044, 0.097194]
+      >>> sch.OneCycleLR(max_lr=[0.1, 0.2], total_steps=8).get_last_lr()
+      [0.004, 0.008]
     """
 
     def __init__(
         self,
-        max_lr: float = 1e-2,
+        max_lr: BaseLR = 1e-2,
         total_steps: int | None = None,
         epochs: int | None = None,
         steps_per_epoch: int | None = None,
@@ -263,7 +340,10 @@ class OneCycleLR(LRScheduler):
         final_div_factor: float = 1e4,
         last_epoch: int = 0,
     ):
-        self.max_lr = _validation.non_negative("max_lr", max_lr)
+        maxes, grouped = _group_values("max_lr", max_lr)
+        self.max_lr = maxes[0]
+        if grouped:
+            self._max_lrs = _stored(maxes)
         self.epochs = None if epochs is None else _validation.positive_int("epochs", epochs)
         self.steps_per_epoch = (
             None
@@ -281,7 +361,7 @@ class OneCycleLR(LRScheduler):
         else:
             self.total_steps = None
         pct = _validation.in_unit_interval("pct_start", pct_start)
-        if pct == 0:
+        if not _validation.is_traced(pct) and pct == 0:
             raise ValueError(f"pct_start must be in (0, 1), got {pct_start!r}.")
         self.pct_start = pct
         self.anneal_strategy = _validation.one_of(
@@ -290,7 +370,8 @@ class OneCycleLR(LRScheduler):
         self.div_factor = _validation.positive("div_factor", div_factor)
         self.final_div_factor = _validation.positive("final_div_factor", final_div_factor)
         self.min_lr = self.max_lr / self.final_div_factor
-        super().__init__(self.max_lr / self.div_factor, last_epoch)
+        bases = [m / self.div_factor for m in maxes]
+        super().__init__(bases if grouped else bases[0], last_epoch)
 
     @property
     def n_steps(self) -> int:
@@ -300,14 +381,39 @@ class OneCycleLR(LRScheduler):
         assert self.epochs is not None and self.steps_per_epoch is not None
         return self.epochs * self.steps_per_epoch
 
+    @property
+    def max_lrs(self) -> list[Any]:
+        """The peak LR of each parameter group (braintools' name)."""
+        return list(self._max_lrs) if self._grouped else [self.max_lr]
+
+    @property
+    def min_lrs(self) -> list[Any]:
+        """The final LR of each parameter group: ``max_lr / final_div_factor``."""
+        return [m / self.final_div_factor for m in self.max_lrs]
+
+    def _max(self, group: int) -> Any:
+        return self._max_lrs[group] if self._grouped else self.max_lr
+
+    def _described_arg(self, name: str) -> Any:
+        if name == "max_lr":
+            return self.max_lrs if self._grouped else self.max_lr
+        return super()._described_arg(name)
+
     def lr_at(self, epoch: ArrayLike) -> jax.Array:
         # hand-written: optax's 1cycle ends at max_lr/div/final_div, braintools' at max_lr/final_div
         e = _epoch_float(epoch)
         n = self.n_steps
         warmup = self.pct_start * n
         up = jnp.minimum(e / warmup, 1.0)
-        warm_lr = self.base_lr + up * (self.max_lr - self.base_lr)
         a = jnp.clip((e - warmup) / ((1 - self.pct_start) * n), 0.0, 1.0)
         f = (1 + jnp.cos(jnp.pi * a)) / 2 if self.anneal_strategy == "cos" else 1 - a
-        anneal_lr = self.min_lr + f * (self.max_lr - self.min_lr)
-        return _f32(jnp.where(e <= warmup, warm_lr, anneal_lr))
+        in_warmup = e <= warmup
+
+        def lr(g: int) -> jax.Array:
+            base, peak = self._base(g), self._max(g)
+            low = self.min_lr if not self._grouped else peak / self.final_div_factor
+            warm_lr = base + up * (peak - base)
+            anneal_lr = low + f * (peak - low)
+            return jnp.where(in_warmup, warm_lr, anneal_lr)
+
+        return self._per_group(lr)

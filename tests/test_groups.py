@@ -218,3 +218,54 @@ def test_non_float_parameters_are_refused():
 
     with pytest.raises(ValueError, match="'n' has dtype int32"):
         nm.MomentumOptimizer(WithCounter())
+
+
+def test_against_braintools_param_groups():
+    """braintools 0.4.0 with two groups and a per-group StepLR, step by step.
+
+    Group 0 runs braintools' Momentum in both; braintools runs Adam scaling for an
+    *added* group (its add_param_group always does), so for group 1 we compare the
+    API -- param_groups, the per-group LRs the scheduler reports -- and take the
+    numbers from torch (test_nnx_face_groups_equal_torch_param_groups).
+    """
+    braintools = pytest.importorskip("braintools")
+    brainstate = pytest.importorskip("brainstate")
+    model = Net()
+    head = {
+        k: brainstate.ParamState(jnp.asarray(v)) for k, v in _ours(model).items() if k[0] == "h"
+    }
+    back = {
+        k: brainstate.ParamState(jnp.asarray(v)) for k, v in _ours(model).items() if k[0] == "b"
+    }
+    sched = braintools.optim.StepLR(base_lr=[0.1, 0.01], step_size=2, gamma=0.5)
+    bt = braintools.optim.Momentum(lr=sched, momentum=0.9, weight_decay=0.01)
+    bt.register_trainable_weights(head)
+    bt.add_param_group(back)
+    ours_sched = nm.StepLR(base_lr=[0.1, 0.01], step_size=2, gamma=0.5)
+    ours = nm.Momentum(lr=ours_sched, momentum=0.9, weight_decay=0.01)
+    ours.register_trainable_weights({"head": nnx.state(model.head, nnx.Param)})
+    ours.add_param_group({"backbone": nnx.state(model.backbone, nnx.Param)})
+    step = nnx.jit(lambda opt, g: opt.step(g))
+    names = {"hk": ("head", "kernel"), "hb": ("head", "bias")}
+    for x, y in data(6):
+        g = nnx.grad(loss_fn)(model, x, y)
+        flat = {"/".join(map(str, p)): v.get_value() for p, v in nnx.to_flat_state(g)}
+        bt.step(
+            {
+                "hk": flat["head/kernel"],
+                "hb": flat["head/bias"],
+                "bk": flat["backbone/kernel"],
+                "bb": flat["backbone/bias"],
+            }
+        )
+        step(ours, g)
+        sched.step()
+        ours_sched.step()
+        assert ours.get_last_lr() == pytest.approx(sched.get_last_lr(), rel=1e-6)
+        for k, (mod, leaf) in names.items():
+            got = np.asarray(getattr(getattr(model, mod), leaf)[...])
+            np.testing.assert_allclose(got, np.asarray(head[k].value), rtol=1e-5, atol=1e-6)
+    assert len(ours.param_groups) == len(bt.param_groups) == 2
+    assert [g["weight_decay"] for g in ours.param_groups] == [
+        g["weight_decay"] for g in bt.param_groups
+    ]

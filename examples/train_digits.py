@@ -27,11 +27,11 @@ to the checkpoints.
 from __future__ import annotations
 
 import argparse
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
@@ -93,7 +93,9 @@ def save_plot(history: dict[str, list[float]], path: str) -> None:
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=100)
+    # Through etils.epath (orbax's own path library), so a gs:// directory works too.
+    with epath.Path(path).open("wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
 
 
@@ -208,7 +210,7 @@ def main() -> None:
                         )
 
     if history["step"]:
-        save_plot(history, os.path.join(args.ckpt_dir, "loss.png"))
+        save_plot(history, str(epath.Path(args.ckpt_dir) / "loss.png"))
     if args.save_params:
         np.savez(args.save_params, **flat_arrays(model, optimizer))
     if stop < args.steps:

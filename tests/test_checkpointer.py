@@ -22,7 +22,7 @@ import pytest
 from flax import nnx
 
 import nnx_momentum as nm
-from nnx_momentum.checkpointer import Checkpointer, CheckpointOptions
+from nnx_momentum.checkpoint import Checkpointer, CheckpointOptions
 
 SCRIPTS = Path(__file__).parent / "_ckpt_scripts"
 WORKER = SCRIPTS / "worker.py"
@@ -116,6 +116,7 @@ def trained(workers):
     return {face: (root / face, dict(np.load(root / f"{face}.npz"))) for face in ("opt", "bt")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "saved_face,resumed_face", [("opt", "opt"), ("bt", "bt"), ("opt", "bt"), ("bt", "opt")]
 )
@@ -134,6 +135,7 @@ def test_resume_is_bit_exact(trained, saved_face, resumed_face):
     _assert_same(common.flat_arrays(model, opt), straight)
 
 
+@pytest.mark.slow
 def test_both_faces_have_the_same_layout(trained):
     _assert_same(trained["opt"][1], trained["bt"][1])
 
@@ -141,6 +143,7 @@ def test_both_faces_have_the_same_layout(trained):
 # ---------------------------------------------------------------------------------------
 # topology: saved on 8 devices, resumed on 4, 2 and 1
 # ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sharded_checkpoint_resumes_on_fewer_devices(workers, tmp_path):
     root, procs = workers
     _run_all(procs["sharded"])  # 8 devices, kernels sharded over a mesh
@@ -191,21 +194,23 @@ def _restore_big(directory):
     return step, extra, model, opt
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_after,delay", [(1, 0.0), (3, 0.02), (4, 0.15)])
 def test_kill_9_mid_save_keeps_last_committed_step(tmp_path, kill_after, delay):
     directory = tmp_path / "ckpt"
-    proc = _popen("kill_saves", directory, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    try:
-        for line in proc.stdout:
-            if line.strip() == f"SAVING {kill_after}":
-                break
-        else:
-            pytest.fail("worker ended before saving")
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait(timeout=TIMEOUT)
+    # ``with``: the pipe is closed and the process reaped, whatever happens.
+    with _popen("kill_saves", directory, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as proc:
+        try:
+            for line in proc.stdout:
+                if line.strip() == f"SAVING {kill_after}":
+                    break
+            else:
+                pytest.fail("worker ended before saving")
+            time.sleep(delay)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait(timeout=TIMEOUT)
     step, extra, model, opt = _restore_big(directory)
     # save n starts only once save n-1 is committed, so n-1 must be there.
     assert step is not None or kill_after == 1
@@ -244,6 +249,7 @@ def test_empty_and_partial_step_folders_are_ignored(tmp_path):
         assert ckpt.restore(model, opt) == 1
 
 
+@pytest.mark.slow
 def test_async_save_is_not_lost_at_exit(tmp_path):
     directory = tmp_path / "ckpt"
     (out,) = _run_all(_start("exit_without_close", directory))
@@ -253,17 +259,19 @@ def test_async_save_is_not_lost_at_exit(tmp_path):
     assert np.all(np.asarray(model.kernel[...]) == 3.0)
 
 
+@pytest.mark.slow
 def test_sigterm_turns_into_a_final_save(tmp_path):
     directory = tmp_path / "ckpt"
-    proc = _popen("sigterm", directory, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     printed = []
-    for line in proc.stdout:
-        printed.append(int(line.split()[1]))
-        if printed[-1] == 3:
-            proc.send_signal(signal.SIGTERM)
-            break
-    proc.wait(timeout=TIMEOUT)
-    rest, err = proc.stdout.read(), proc.stderr.read()  # incl. lines the iterator buffered
+    with _popen("sigterm", directory, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        for line in proc.stdout:
+            printed.append(int(line.split()[1]))
+            if printed[-1] == 3:
+                proc.send_signal(signal.SIGTERM)
+                break
+        proc.wait(timeout=TIMEOUT)
+        # read() includes the lines the iterator buffered (communicate() would skip them)
+        rest, err = proc.stdout.read(), proc.stderr.read()
     assert proc.returncode == 0, err
     printed += [int(line.split()[1]) for line in rest.splitlines() if line.startswith("STEP")]
     model = nnx.Linear(256, 256, rngs=nnx.Rngs(1))
@@ -385,9 +393,11 @@ def _unchanged(model, opt):
     return lambda: _assert_same(_arrays(model, opt), before)
 
 
+# orbax's aborted read leaves a callback that lands on its closed asyncio loop (third party)
 @pytest.mark.filterwarnings(
-    "ignore::pytest.PytestUnraisableExceptionWarning"
-)  # orbax's aborted reads
+    r"ignore:(?s)Exception ignored in. None.*RuntimeError. Event loop is closed"
+    ":pytest.PytestUnraisableExceptionWarning"
+)
 def test_corrupted_array_file(tmp_path):
     _saved(tmp_path)
     files = [

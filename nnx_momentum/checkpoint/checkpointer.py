@@ -1,6 +1,6 @@
 """``Checkpointer``: orbax-backed checkpoint and resume of a model and its optimizer.
 
-One :meth:`Checkpointer.save` writes three orbax items into the step folder:
+One :meth:`Checkpointer.save` writes these orbax items into the step folder:
 
 - ``model``: ``nnx.state(model)`` -- every Variable (parameters, batch
   statistics, RNG keys and counters), as arrays;
@@ -10,11 +10,14 @@ One :meth:`Checkpointer.save` writes three orbax items into the step folder:
 - ``meta``: a JSON document -- the optimizer's hyperparameters and scheduler
   description, the package/jax/flax/orbax versions, the metrics and the user's
   ``extra`` dict (e.g. the data loader's position). No pickle anywhere
-  (:mod:`nnx_momentum.checkpoint.metadata`).
+  (:mod:`nnx_momentum.checkpoint.metadata`);
+- ``metrics``: orbax's own item, when retention ranks by a ``best_metric``.
 
+The root is a local folder or a ``gs://`` URL (:mod:`nnx_momentum.checkpoint.location`).
 :meth:`Checkpointer.restore` builds its restore targets from the live objects
 (their shapes, dtypes and *current* shardings), so a checkpoint written on
-8 devices restores onto 2, 1 or a CPU (:mod:`nnx_momentum.checkpoint.targets`).
+8 devices restores onto 2, 1 or a CPU, and objects built by ``nnx.eval_shape``
+(no arrays yet) come back concrete (:mod:`nnx_momentum.checkpoint.targets`).
 Everything is validated against the checkpoint's metadata before a single
 array is read, the arrays are restored into fresh buffers, and only then
 written into the live Variables: a mismatch raises ``ValueError`` and leaves
@@ -24,6 +27,7 @@ the model and the optimizer untouched.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import os
 import sys
 from collections.abc import Mapping
@@ -33,13 +37,10 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from nnx_momentum.checkpoint import lifecycle, metadata, targets
+from nnx_momentum.checkpoint import items, lifecycle, location, metadata, targets
 from nnx_momentum.checkpoint.options import CheckpointOptions, manager_options
 
 __all__ = ["Checkpointer"]
-
-_ARRAY_ITEMS = ("model", "optimizer")
-_NAME_FORMAT = ocp.path.step.standard_name_format()
 
 
 class Checkpointer:
@@ -50,17 +51,22 @@ class Checkpointer:
     (hyperparameters, scheduler description, versions, metrics, ``extra``).
     Saves are asynchronous by default and atomic: a step becomes visible only
     once orbax's commit file is written, so a crash mid-save, or an empty or
-    partial step folder, is ignored. Retention follows :class:`CheckpointOptions`.
+    partial step folder, is ignored. A save that fails (a full disk, a lost
+    bucket) raises from the next call that can report it; its partial folder
+    is removed and the committed steps stay listed and restorable. Retention
+    follows :class:`CheckpointOptions`, across restarts.
 
     Args:
-      directory: the checkpoint root (a path). A regular file, or a non-empty
+      directory: the checkpoint root: a local path, or a URL orbax writes
+        (``gs://bucket/run``), used as given. A regular file, or a non-empty
         directory that holds no orbax checkpoint, is refused.
       options: a :class:`CheckpointOptions`; keyword arguments override its
         fields (``Checkpointer(d, max_to_keep=3)``).
       **overrides: fields of :class:`CheckpointOptions`.
 
     Raises:
-      ValueError: ``directory`` is a regular file or another program's directory.
+      ValueError: ``directory`` is a regular file, another program's directory,
+        or a URL of a scheme orbax cannot write (``s3://``; nothing is created).
       FileNotFoundError: ``directory`` does not exist and ``create=False``.
 
     Example:
@@ -90,47 +96,28 @@ class Checkpointer:
         if overrides:
             options = dataclasses.replace(options, **overrides)
         self.options = options
-        self.directory = os.path.abspath(os.fspath(directory))
-        self._check_directory()
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=manager_options(options),
+        self._root = location.checkpoint_root(directory)
+        self.directory = str(self._root)
+        location.check_root(self._root, create=options.create)
+        self._manager = self._new_manager()
+        self._closed = False
+        self._pending: int | None = None  # the step of the save in flight, if any
+        self._preemption = lifecycle.PreemptionFlag()
+        self._preempted_at: int | None = None  # the step of a coordinated preemption
+        # Nothing is lost at exit, even if this object was dropped without close():
+        # the exit hook holds the manager (not self) and completes its pending save.
+        lifecycle.register_for_exit(self._manager, self.directory)
+
+    def _new_manager(self) -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(
+            self._root,
+            options=manager_options(self.options, self._root),
             item_handlers={
                 "model": ocp.StandardCheckpointHandler(),
                 "optimizer": ocp.StandardCheckpointHandler(),
                 "meta": ocp.JsonCheckpointHandler(),
             },
         )
-        self._closed = False
-        self._preemption = lifecycle.PreemptionFlag()
-        # Nothing is lost at exit, even if this object was dropped without close():
-        # the exit hook holds the manager (not self) and waits for its in-flight save.
-        lifecycle.register_for_exit(self._manager)
-
-    def _check_directory(self) -> None:
-        path = self.directory
-        if os.path.isfile(path):
-            raise ValueError(
-                f"Checkpointer: {path!r} is a regular file, not a checkpoint directory."
-            )
-        if not os.path.exists(path):
-            if not self.options.create:
-                raise FileNotFoundError(
-                    f"Checkpointer: {path!r} does not exist (create=False). Create it, or pass "
-                    "create=True."
-                )
-            return
-        entries = os.listdir(path)
-        orbax_like = [
-            e for e in entries if e.isdigit() or e.startswith("_") or ".orbax-checkpoint-tmp" in e
-        ]
-        if entries and not orbax_like:
-            shown = sorted(entries)[:5]
-            raise ValueError(
-                f"Checkpointer: {path!r} is a non-empty directory that holds no orbax "
-                f"checkpoint (it contains {shown}{' ...' if len(entries) > 5 else ''}). "
-                "Pass an empty or new directory, or an existing checkpoint root."
-            )
 
     # -- context manager / lifetime ------------------------------------------------
     def __enter__(self) -> Checkpointer:
@@ -140,7 +127,11 @@ class Checkpointer:
         self.close()
 
     def wait_until_finished(self) -> None:
-        """Blocks until the in-flight asynchronous save (if any) is committed.
+        """Blocks until the pending asynchronous save (if any) is committed.
+
+        Raises:
+          RuntimeError: that save failed (its step was not committed; its
+            partial files were removed).
 
         Example:
           >>> import tempfile, nnx_momentum as nm
@@ -149,10 +140,14 @@ class Checkpointer:
           ...     ckpt.wait_until_finished()
           ...     ckpt.close()
         """
-        self._manager.wait_until_finished()
+        self._check_open()
+        self._settle(block=True)
 
     def close(self) -> None:
-        """Waits for pending saves, then releases orbax's resources. Idempotent.
+        """Waits for the pending save, then releases orbax's resources and hooks. Idempotent.
+
+        Raises:
+          RuntimeError: the pending save failed (the checkpointer is closed anyway).
 
         Example:
           >>> import tempfile, nnx_momentum as nm
@@ -163,12 +158,21 @@ class Checkpointer:
         if self._closed:
             return
         self._closed = True
+        error: BaseException | None = None
         try:
-            self._manager.wait_until_finished()
-        finally:
+            self._settle(block=True)
+        except RuntimeError as e:
+            error = e
+        try:
             self._manager.close()
+        except Exception:
+            if error is None:
+                raise
+        finally:
             lifecycle.unregister_for_exit(self._manager)
             self._preemption.restore()
+        if error is not None:
+            raise error
 
     # -- listing --------------------------------------------------------------------
     def all_steps(self) -> list[int]:
@@ -180,16 +184,22 @@ class Checkpointer:
         Returns:
           A sorted list of ints.
 
+        Raises:
+          RuntimeError: the last asynchronous save failed (raised once; the
+            list is then that of the committed steps).
+
         Example:
           >>> import tempfile, nnx_momentum as nm
           >>> with tempfile.TemporaryDirectory() as d, nm.Checkpointer(d) as ckpt:
           ...     ckpt.all_steps()
           []
         """
+        self._check_open()
+        self._settle(block=False)
         return sorted(self._manager.all_steps())
 
     def latest_step(self) -> int | None:
-        """The newest committed step, or ``None`` when there is none.
+        """The newest saved step, or ``None`` when there is none (see :meth:`all_steps`).
 
         Example:
           >>> import tempfile, nnx_momentum as nm
@@ -215,10 +225,13 @@ class Checkpointer:
 
         The arrays are copied to host memory before this returns, so training
         may go on (and donate its buffers) while the write finishes in the
-        background.
+        background. Call it once per step: off the save interval it is a cheap
+        no-op, and it is where a preemption (:meth:`save_on_sigterm`, or a
+        coordinated one on a multi-process job) turns into a final save.
 
         Args:
-          step: the step number (a non-negative int); it names the folder.
+          step: the step number, a non-negative int (``bool`` and ``float``
+            are refused); it names the folder.
           model: the NNX module; ``nnx.state(model)`` (all Variables) is saved.
           optimizer: an ``nnx_momentum`` optimizer (either face) or a plain
             ``nnx.Optimizer``.
@@ -229,13 +242,17 @@ class Checkpointer:
             ``save_interval_steps``.
 
         Returns:
-          ``True`` if a checkpoint was written, ``False`` when skipped (the
-          step is off the save interval, or not newer than the latest step).
+          ``True`` if a checkpoint was written (synchronous) or started
+          (asynchronous: a failure is raised by the next call), ``False`` when
+          skipped (the step is off the save interval, or not newer than the
+          latest step).
 
         Raises:
           TypeError: ``extra`` or ``metrics`` is not JSON-serialisable.
-          ValueError: the step already exists, or ``best_metric`` is missing
-            from ``metrics``.
+          ValueError: ``step`` is not a non-negative int, the step already
+            exists, or ``best_metric`` is missing from ``metrics``.
+          RuntimeError: this save (synchronous) or the previous one
+            (asynchronous) failed; its step was not committed.
 
         Example:
           >>> import tempfile
@@ -248,19 +265,34 @@ class Checkpointer:
           ...     ckpt.all_steps()
           True
           [10]
+          >>> with tempfile.TemporaryDirectory() as d, nm.Checkpointer(d) as ckpt:
+          ...     ckpt.save(3.7, model, opt)
+          Traceback (most recent call last):
+          ...
+          ValueError: Checkpointer.save: step must be a non-negative int, got 3.7 (float).
         """
+        step = _checked_step(step, "save")
         self._check_open()
-        step = int(step)
-        if step < 0:
-            raise ValueError(f"Checkpointer.save: step must be >= 0, got {step}.")
         checked = metadata.checked_metrics(metrics, self.options)
         # JSON copies: the JSON item is written in the background, so later changes
         # to the caller's dicts must not leak into this step.
         extra_copy = metadata.json_copy("extra", dict(extra) if extra is not None else {})
-        if self._preemption.requested:
-            self._final_save(step, model, optimizer, checked, extra_copy)
+        self._settle(block=False)
+        if self._preemption.requested or self._at_sync_point(step):
+            return self._final_save(step, model, optimizer, checked, extra_copy)
         if not force and not self._manager.should_save(step):
             return False
+        return self._write(step, model, optimizer, checked, extra_copy)
+
+    def _write(
+        self,
+        step: int,
+        model: Any,
+        optimizer: Any,
+        metrics: dict[str, Any] | None,
+        extra: dict[str, Any],
+    ) -> bool:
+        self._settle(block=True)  # the previous save's failure, if any, is reported first
         if step in self._manager.all_steps():
             raise ValueError(
                 f"Checkpointer.save: step {step} already exists in {self.directory!r}."
@@ -273,8 +305,8 @@ class Checkpointer:
             step,
             model,
             optimizer,
-            metrics=checked,
-            extra=extra_copy,
+            metrics=metrics,
+            extra=extra,
             prng_keys={
                 item: [k for k, v in variables.items() if targets.is_key(v.get_value())]
                 for item, variables in live.items()
@@ -289,11 +321,19 @@ class Checkpointer:
             for item, variables in live.items()
         }
         args = ocp.args.Composite(**arrays, meta=ocp.args.JsonSave(meta))
-        return bool(self._manager.save(step, args=args, metrics=checked, force=True))
+        try:
+            saved = bool(self._manager.save(step, args=args, metrics=metrics, force=True))
+        except Exception as e:
+            raise self._failed(step, e) from e
+        if saved and self.options.async_save:
+            self._pending = step
+        return saved
 
     # -- restore ------------------------------------------------------------------------
-    def restore(self, model: Any, optimizer: Any, *, step: int | None = None) -> int | None:
-        """Restores ``step`` (default: the latest) into the live model and optimizer.
+    def restore(
+        self, model: Any, optimizer: Any | None = None, *, step: int | None = None
+    ) -> int | None:
+        """Restores ``step`` (default: the latest) into the live model (and optimizer).
 
         Targets are built from the live objects -- shapes, dtypes and current
         shardings -- so the checkpoint lands on whatever devices the model is
@@ -301,21 +341,31 @@ class Checkpointer:
         hyperparameters), the arrays are read into fresh buffers, and only
         then written into the live Variables.
 
+        The live objects may be *abstract*: built with ``nnx.eval_shape`` (their
+        Variables hold ``jax.ShapeDtypeStruct``: shapes, dtypes, maybe
+        shardings), so a large model is never materialised with a random
+        init. Each array lands on its struct's sharding, or on the default
+        device if it has none, and the objects come back concrete and
+        trainable. Without ``optimizer`` only the model is read (e.g. to
+        evaluate or fine-tune from a training checkpoint).
+
         Args:
           model: the live NNX module (same structure as the saved one).
           optimizer: the live optimizer (either ``nnx_momentum`` face, or a
-            plain ``nnx.Optimizer``); a checkpoint saved from one face loads
-            into the other.
+            plain ``nnx.Optimizer``; a checkpoint saved from one face loads
+            into the other), or ``None`` to restore the model only.
           step: the step to restore; ``None`` restores the latest.
 
         Returns:
           The step restored, or ``None`` when the directory holds no checkpoint.
 
         Raises:
-          ValueError: the step does not exist, the model or optimizer does not
-            match the checkpoint (the message names the path, shapes, dtypes or
-            hyperparameters that differ), or an array file cannot be read (the
-            message names the step and item). The live objects are unchanged.
+          ValueError: the step does not exist or is not a non-negative int, the
+            model or optimizer does not match the checkpoint (the message names
+            the paths, shapes, dtypes or hyperparameters that differ), or an
+            array file cannot be read (the message names the step and item).
+            The live objects are unchanged.
+          RuntimeError: the pending asynchronous save failed.
 
         Example:
           >>> import tempfile
@@ -326,35 +376,42 @@ class Checkpointer:
           >>> with tempfile.TemporaryDirectory() as d, nm.Checkpointer(d) as ckpt:
           ...     print(ckpt.restore(model, opt))
           ...     _ = ckpt.save(3, model, opt)
-          ...     ckpt.restore(model, opt)
+          ...     abstract = nnx.eval_shape(lambda: nnx.Linear(2, 2, rngs=nnx.Rngs(1)))
+          ...     ckpt.restore(abstract)  # the model only, into an abstract one
           None
           3
+          >>> bool((abstract.kernel[...] == model.kernel[...]).all())
+          True
         """
         step = self._committed_step(step, "restore")
         if step is None:
             return None
-        meta = self._read_meta(step)
+        meta = items.read_meta(self._manager, step, self.directory)
         metadata.check_format(meta, step, self.directory)
-        if self.options.check_hyperparams:
+        if optimizer is not None and self.options.check_hyperparams:
             metadata.compare_hyperparams(
                 meta.get("hyperparams") or {}, metadata.live_hyperparams(optimizer), step
             )
-
-        live = {
-            "model": targets.live_variables(nnx.state(model), "model"),
-            "optimizer": targets.live_variables(targets.optimizer_state(optimizer), "optimizer"),
-        }
-        saved_meta = self._item_metadata(step)
+        live = {"model": targets.live_variables(nnx.state(model), "model")}
+        if optimizer is not None:
+            live["optimizer"] = targets.live_variables(
+                targets.optimizer_state(optimizer), "optimizer"
+            )
+        names = [item for item in items.ARRAY_ITEMS if item in live]
+        saved_meta = items.array_metadata(self._manager, step, names, self.directory)
         wanted = {}
-        for item in _ARRAY_ITEMS:
+        for item in names:
             saved_keys = set(meta.get("prng_keys", {}).get(item, []))
             wanted[item] = targets.validated_targets(
                 item, step, live[item], targets.flatten_saved(saved_meta[item]), saved_keys
             )
         # Read everything into fresh arrays first ...
-        restored = {item: self._read_item(step, item, wanted[item]) for item in _ARRAY_ITEMS}
+        restored = {
+            item: items.read_arrays(self._manager, step, item, wanted[item], self.directory)
+            for item in names
+        }
         # ... and only then write into the live Variables.
-        for item in _ARRAY_ITEMS:
+        for item in names:
             targets.write_back(live[item], restored[item])
         return step
 
@@ -369,6 +426,10 @@ class Checkpointer:
           scheduler description), ``versions``, ``metrics``, ``extra`` and more;
           ``None`` when the directory holds no checkpoint.
 
+        Raises:
+          ValueError: the step does not exist.
+          RuntimeError: the pending asynchronous save failed.
+
         Example:
           >>> import tempfile
           >>> from flax import nnx
@@ -382,23 +443,30 @@ class Checkpointer:
           (5, {'batch': 640})
         """
         step = self._committed_step(step, "metadata")
-        return None if step is None else self._read_meta(step)
+        return None if step is None else items.read_meta(self._manager, step, self.directory)
 
     # -- preemption -----------------------------------------------------------------------
     def save_on_sigterm(self, *, exit_code: int = 0) -> None:
-        """Turns SIGTERM (preemption) into a final save at the next step boundary, then exit.
+        """Turns a preemption into a final save at the next step boundary, then exit.
 
-        The signal handler only sets :attr:`preemption_requested`; it never
-        touches arrays, since Python runs handlers between any two bytecodes --
-        possibly while a (donated) step is writing the model back. The next
-        :meth:`save` call -- make it once per step; off the save interval it is
-        otherwise a no-op -- then saves that step whatever the interval (with
-        ``extra["preempted"] = True``), waits until it is committed, closes the
-        checkpointer and exits with ``exit_code``. A loop that does not call
-        ``save`` every step can poll :attr:`preemption_requested` instead.
+        Single process: SIGTERM's handler only sets :attr:`preemption_requested`;
+        it never touches arrays, since Python runs handlers between any two
+        bytecodes -- possibly while a (donated) step is writing the model back.
+        Multi-process (after ``jax.distributed.initialize``): jax's preemption
+        notifier keeps SIGTERM, and every process learns of it at the *same*
+        step (orbax's ``CheckpointManager.reached_preemption``), so all save
+        one identical final step -- even if only one host got the signal.
+
+        Either way the next :meth:`save` call -- make it once per step; off the
+        save interval it is otherwise a no-op -- saves that step whatever the
+        interval (with ``extra["preempted"] = True``), waits until it is
+        committed, closes the checkpointer and exits with ``exit_code``.
 
         Args:
           exit_code: the process exit status after the final save.
+
+        Raises:
+          RuntimeError: called outside the main thread of a single-process job.
 
         Example:
           >>> import tempfile
@@ -408,118 +476,112 @@ class Checkpointer:
           ...     ckpt.preemption_requested
           False
         """
-        self._preemption.install(exit_code=exit_code, caller="Checkpointer.save_on_sigterm")
+        self._preemption.install(
+            exit_code=exit_code,
+            caller="Checkpointer.save_on_sigterm",
+            handle_signal=not lifecycle.coordinated(),
+        )
 
     @property
     def preemption_requested(self) -> bool:
-        """Whether SIGTERM arrived since :meth:`save_on_sigterm` (the next save is final)."""
-        return self._preemption.requested
+        """Whether a preemption arrived: SIGTERM (single process) or a coordinated one."""
+        return self._preemption.requested or self._preempted_at is not None
 
     # -- internals ------------------------------------------------------------------------
+    def _at_sync_point(self, step: int) -> bool:
+        """Whether a multi-process job reached its preemption sync point at ``step``."""
+        return lifecycle.coordinated() and bool(self._manager.reached_preemption(step))
+
     def _final_save(
-        self, step: int, model: Any, optimizer: Any, metrics: Any, extra: dict[str, Any]
-    ) -> None:
-        """The save after a SIGTERM: this step (unless already saved), committed, then exit."""
+        self,
+        step: int,
+        model: Any,
+        optimizer: Any,
+        metrics: dict[str, Any] | None,
+        extra: dict[str, Any],
+    ) -> bool:
+        """The save of a preemption: this step (unless already saved), committed; then exit."""
         self._preemption.requested = False
+        self._preempted_at = step
+        saved = False
         if step not in self._manager.all_steps():
-            self.save(
-                step,
-                model,
-                optimizer,
-                metrics=metrics,
-                extra={**extra, "preempted": True},
-                force=True,
-            )
-        self.close()
-        sys.exit(self._preemption.exit_code)
+            saved = self._write(step, model, optimizer, metrics, {**extra, "preempted": True})
+        self._settle(block=True)
+        if self._preemption.armed:
+            self.close()
+            sys.exit(self._preemption.exit_code)
+        return saved
+
+    def _settle(self, *, block: bool) -> None:
+        """Finishes with the pending save: waits (or checks, ``block=False``); reports a failure."""
+        if self._pending is None or (not block and self._manager.is_saving_in_progress()):
+            return
+        step, self._pending = self._pending, None
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            raise self._failed(step, e) from e
+
+    def _failed(self, step: int, error: BaseException) -> RuntimeError:
+        """Cleans up after the failed save of ``step``; the error to raise."""
+        # A fresh orbax manager: the failed one forgot the steps it was about to delete
+        # and still holds the failed save's temporary items (reads would refuse them).
+        # Closing it first also lets the failed save's other writes wind down.
+        failed = self._manager
+        lifecycle.unregister_for_exit(failed)
+        try:
+            failed.close()
+        except Exception:  # noqa: BLE001 - the failure is what we report
+            pass
+        removed: list[str] = []
+        if jax.process_index() == 0:  # one process deletes
+            try:
+                removed = location.remove_uncommitted(self._root, step)
+            except OSError:
+                pass
+        self._manager = self._new_manager()
+        lifecycle.register_for_exit(self._manager, self.directory)
+        return RuntimeError(
+            f"Checkpointer: the save of step {step} to {self.directory!r} failed "
+            f"({type(error).__name__}: {error}). It was not committed"
+            + (f" and its partial files were removed ({removed})" if removed else "")
+            + f"; committed steps: {sorted(self._manager.all_steps())}."
+        )
 
     def _committed_step(self, step: int | None, caller: str) -> int | None:
         """``step`` (default: the newest) once pending saves are committed; None if none."""
+        if step is not None:
+            step = _checked_step(step, caller)
         self._check_open()
-        self._manager.wait_until_finished()
-        steps = self.all_steps()
+        self._settle(block=True)
+        steps = sorted(self._manager.all_steps())
         if not steps:
             return None
         if step is None:
             return steps[-1]
-        if int(step) not in steps:
+        if step not in steps:
             raise ValueError(
                 f"Checkpointer.{caller}: step {step} is not in {self.directory!r}; committed "
                 f"steps are {steps}."
             )
-        return int(step)
+        return step
 
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(f"Checkpointer for {self.directory!r} is closed.")
 
-    def _read_meta(self, step: int) -> dict[str, Any]:
-        try:
-            out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-            meta = out["meta"]
-        except Exception as e:  # noqa: BLE001 - re-raised with context
-            raise ValueError(
-                f"Checkpointer: could not read the JSON item 'meta' of step {step} in "
-                f"{self.directory!r}: {type(e).__name__}: {e}"
-            ) from e
-        if not isinstance(meta, dict):
-            raise ValueError(
-                f"Checkpointer: step {step} in {self.directory!r} has no JSON item 'meta'."
-            )
-        return meta
 
-    def _item_metadata(self, step: int) -> dict[str, Any]:
-        out = {}
-        try:
-            metadata = self._manager.item_metadata(step)
-        except Exception as e:  # noqa: BLE001
-            raise ValueError(
-                f"Checkpointer.restore: could not read item {self._failing_item(step)!r} of step "
-                f"{step} in {self.directory!r} (corrupted or incomplete files?): "
-                f"{type(e).__name__}: {e}"
-            ) from e
-        for item in _ARRAY_ITEMS:
-            m = metadata[item] if item in metadata else None
-            tree = getattr(m, "tree", m)
-            if tree is None:
-                raise ValueError(
-                    f"Checkpointer: step {step} in {self.directory!r} has no readable "
-                    f"item {item!r}."
-                )
-            out[item] = tree
-        return out
-
-    def _failing_item(self, step: int) -> str:
-        """Which item's metadata cannot be read (for the error message)."""
-        for item in _ARRAY_ITEMS:
-            try:
-                ocp.StandardCheckpointHandler().metadata(
-                    ocp.path.step.build_step_path(self._manager.directory, _NAME_FORMAT, step)
-                    / item
-                )
-            except Exception:  # noqa: BLE001
-                return item
-        return "model/optimizer"
-
-    def _read_item(
-        self, step: int, item: str, wanted: dict[str, jax.ShapeDtypeStruct]
-    ) -> dict[str, Any]:
-        args = ocp.args.Composite(**{item: ocp.args.StandardRestore(targets.nest_paths(wanted))})
-        try:
-            restored = self._manager.restore(step, args=args)[item]
-        except Exception as e:  # noqa: BLE001
-            raise ValueError(
-                f"Checkpointer.restore: could not read item {item!r} of step {step} in "
-                f"{self.directory!r} (corrupted or incomplete array files?): "
-                f"{type(e).__name__}: {e}"
-            ) from e
-        flat = targets.flatten_saved(restored)
-        for key, target in wanted.items():
-            value = flat.get(key)
-            if value is None or value.shape != target.shape or value.dtype != target.dtype:
-                raise ValueError(
-                    f"Checkpointer.restore: item {item!r} of step {step}: {key!r} came back as "
-                    f"{None if value is None else (value.shape, value.dtype)}, expected "
-                    f"{(target.shape, target.dtype)}."
-                )
-        return flat
+def _checked_step(step: Any, caller: str) -> int:
+    """``step`` as an int; bools, floats and negative numbers are refused."""
+    try:
+        if isinstance(step, bool) or str(getattr(step, "dtype", "")) == "bool":
+            raise TypeError
+        value = operator.index(step)
+    except TypeError:
+        value = -1
+    if value < 0:
+        raise ValueError(
+            f"Checkpointer.{caller}: step must be a non-negative int, got {step!r} "
+            f"({type(step).__name__})."
+        )
+    return value

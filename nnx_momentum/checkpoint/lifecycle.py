@@ -1,24 +1,53 @@
-"""Process lifecycle of checkpoints: SIGTERM (preemption) and interpreter exit.
+"""Process lifecycle of checkpoints: preemption and interpreter exit.
 
 - :class:`PreemptionFlag`: a SIGTERM handler that only sets a flag, which
   :meth:`~nnx_momentum.Checkpointer.save` turns into a final save at the next
-  step boundary;
+  step boundary (a single-process job);
+- :func:`coordinated`: whether the job runs jax's preemption sync manager
+  (``jax.distributed.initialize`` starts it): then jax handles SIGTERM, and
+  every process learns of a preemption at the same step through
+  ``CheckpointManager.reached_preemption``;
 - :func:`register_for_exit` / :func:`unregister_for_exit`: the managers whose
-  asynchronous saves interpreter exit waits for, so a save in flight is not
-  lost when a script ends without ``close()``.
+  asynchronous save interpreter exit completes, so a save in flight is not lost
+  when a script ends without ``close()``.
+
+Exit, without global hooks. One callback runs when the interpreter exits,
+registered with ``threading``'s own exit hooks while a checkpointer is open
+and removed by the last ``close()``: it runs before ``concurrent.futures``
+refuses new work (a plain ``atexit`` callback runs too late for orbax, which
+commits through thread pools) and waits for every pending save. On Python 3.12
+no thread can be started once shutdown has begun, so there the save must
+complete before: a *local* ``sys.monitoring`` event on the ``__main__``
+module's code object (its return, nothing else; no other code is instrumented)
+waits for pending saves when the script's last line has run -- from a script,
+``python -c`` or a checkpointer made in a worker thread. A script that leaves
+by ``sys.exit`` or an exception on 3.12 cannot be caught that way: if its save
+then cannot complete, the exit callback says so on stderr and the process
+exits with status 1 -- a save is never lost silently.
 """
 
 from __future__ import annotations
 
 import atexit
+import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import orbax.checkpoint as ocp
 
-__all__ = ["PreemptionFlag", "register_for_exit", "unregister_for_exit"]
+__all__ = [
+    "PreemptionFlag",
+    "coordinated",
+    "exit_hooks_installed",
+    "register_for_exit",
+    "unregister_for_exit",
+]
+
+EXIT_STATUS_LOST_SAVE = 1
+"""The exit status of a process whose pending save could not complete at exit."""
 
 
 class PreemptionFlag:
@@ -30,6 +59,7 @@ class PreemptionFlag:
     Attributes:
       requested: whether SIGTERM arrived since :meth:`install`.
       exit_code: the exit status after the final save.
+      armed: whether a final save should end the process (``save_on_sigterm``).
 
     Example:
       >>> import signal
@@ -47,19 +77,27 @@ class PreemptionFlag:
     def __init__(self) -> None:
         self.requested = False
         self.exit_code = 0
+        self.armed = False
         self._previous: Any = None
 
-    def install(self, *, exit_code: int, caller: str) -> None:
-        """Installs the SIGTERM handler (again: only ``exit_code`` changes).
+    def install(self, *, exit_code: int, caller: str, handle_signal: bool = True) -> None:
+        """Arms the final save; installs the SIGTERM handler (again: only ``exit_code`` changes).
 
         Args:
           exit_code: the exit status after the final save.
           caller: the public method, for the message.
+          handle_signal: install the Python SIGTERM handler. ``False`` in a
+            coordinated job (:func:`coordinated`), where jax's preemption
+            notifier owns SIGTERM and must keep it.
 
         Raises:
           RuntimeError: not called from the main thread (Python installs signal
             handlers there only).
         """
+        self.armed = True
+        self.exit_code = exit_code
+        if not handle_signal:
+            return
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError(f"{caller} must be called from the main thread.")
 
@@ -69,7 +107,6 @@ class PreemptionFlag:
         previous = signal.signal(signal.SIGTERM, handler)
         if self._previous is None:
             self._previous = previous if previous is not None else signal.SIG_DFL
-        self.exit_code = exit_code
 
     def restore(self) -> None:
         """Puts back the SIGTERM handler that :meth:`install` replaced (main thread only)."""
@@ -78,81 +115,194 @@ class PreemptionFlag:
             self._previous = None
 
 
-# Managers with possibly in-flight saves, closed at interpreter exit. The hook runs
-# through threading's exit hooks, before concurrent.futures refuses new work
-# (a plain atexit hook runs too late: orbax's commit then fails and the save is lost).
-_OPEN_MANAGERS: dict[int, ocp.CheckpointManager] = {}
-_EXIT_HOOK_INSTALLED = False
+def coordinated() -> bool:
+    """Whether jax's preemption sync manager runs in this process (``jax.distributed``).
 
+    Then a SIGTERM to any process of the job is seen by all of them at the
+    same step (``multihost_utils.reached_preemption_sync_point``, which
+    orbax's ``CheckpointManager.reached_preemption`` calls).
 
-def _close_open_managers() -> None:
-    while _OPEN_MANAGERS:
-        _, manager = _OPEN_MANAGERS.popitem()
-        try:
-            manager.wait_until_finished()
-        finally:
-            manager.close()
+    Returns:
+      ``True`` after ``jax.distributed.initialize`` with the preemption service on.
 
-
-_WATCHED_MAIN: set[Any] = set()
-
-
-def _watch_main_module_exit() -> None:
-    """Python 3.12 scripts: wait for pending saves when the ``__main__`` module finishes.
-
-    On 3.12 no thread can be started during interpreter shutdown, not even from
-    threading's exit hooks (3.11 and 3.13 allow it), so those run too late for
-    orbax, which starts threads to commit. A ``sys.monitoring`` event on the
-    main script's code object (``PY_RETURN``, and ``PY_UNWIND`` for
-    ``sys.exit``/exceptions) runs in the main thread before shutdown. Only for
-    real scripts: under IPython/Jupyter every cell is a ``<module>`` code
-    object of ``__main__``, and a kernel does not exit after a cell. Once it
-    has fired, the tool id is released and the (global) unwind events stop.
+    Example:
+      >>> from nnx_momentum.checkpoint.lifecycle import coordinated
+      >>> coordinated()  # a single process, no jax.distributed
+      False
     """
-    monitoring = getattr(sys, "monitoring", None)
-    main = sys.modules.get("__main__")
-    if monitoring is None or main is None or not hasattr(main, "__file__"):
-        return
-    ipython = sys.modules.get("IPython")  # imported by flax's treescope even in scripts
-    if ipython is not None and getattr(ipython, "get_ipython", lambda: None)() is not None:
-        return
-    frame: Any = sys._getframe()
-    target = None
-    while frame is not None:
-        if frame.f_code.co_name == "<module>" and frame.f_globals is vars(main):
-            target = frame.f_code
-        frame = frame.f_back
-    if target is None or target in _WATCHED_MAIN:
-        return
-    tool = next((i for i in (4, 3) if monitoring.get_tool(i) is None), None)
-    if tool is None:
-        return
-    monitoring.use_tool_id(tool, "nnx_momentum.checkpointer")
+    distributed = sys.modules.get("jax._src.distributed")
+    state = getattr(distributed, "global_state", None)
+    return getattr(state, "preemption_sync_manager", None) is not None
 
-    def on_exit(code: Any, *_: Any) -> Any:
-        if code is target:
-            monitoring.set_events(tool, 0)
-            monitoring.set_local_events(tool, target, 0)
-            monitoring.free_tool_id(tool)
-            _close_open_managers()
+
+# -- interpreter exit -----------------------------------------------------------------------
+# Managers with possibly pending saves, by id, with the checkpoint root for messages.
+_OPEN: dict[int, tuple[ocp.CheckpointManager, str]] = {}
+_LOST: list[str] = []  # saves that failed while being completed for exit
+
+
+def _wait(manager: ocp.CheckpointManager, where: str) -> bool:
+    try:
+        manager.wait_until_finished()
+        return True
+    except BaseException as e:  # noqa: BLE001 - reported at exit
+        _LOST.append(f"{where}: {type(e).__name__}: {e}")
+        return False
+
+
+def _complete_pending_saves() -> None:
+    for manager, where in list(_OPEN.values()):
+        _wait(manager, where)
+
+
+def _at_exit() -> None:
+    """Completes every pending save and closes the managers; a lost save exits with status 1."""
+    _MAIN_WATCH.stop()
+    while _OPEN:
+        _, (manager, where) = _OPEN.popitem()
+        if _wait(manager, where):
+            try:
+                manager.close()
+            except BaseException:  # noqa: BLE001 - the data is committed; nothing to lose
+                pass
+    if _LOST:
+        lost = "\n  ".join(_LOST)
+        sys.stderr.write(
+            "nnx_momentum.Checkpointer: a pending asynchronous save could not be completed at "
+            f"interpreter exit; that step was NOT committed (older steps are intact):\n  {lost}\n"
+            "Call ckpt.close() (or use `with nm.Checkpointer(...)`) before the program ends.\n"
+        )
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
+        os._exit(EXIT_STATUS_LOST_SAVE)
+
+
+class _ExitHook:
+    """``_at_exit`` among ``threading``'s exit hooks (``atexit`` if shutdown has begun)."""
+
+    def __init__(self) -> None:
+        self.installed: Callable[[], None] | None = None
+
+    def install(self) -> None:
+        if self.installed is not None:
+            return
+        register = getattr(threading, "_register_atexit", None)
+        try:
+            if register is None:
+                raise RuntimeError("no threading._register_atexit")
+            register(_at_exit)
+            self.installed = self._remove_threading_hook
+        except RuntimeError:  # no such hook, or the interpreter is already shutting down
+            atexit.register(_at_exit)
+            self.installed = lambda: atexit.unregister(_at_exit)
+
+    @staticmethod
+    def _remove_threading_hook() -> None:
+        hooks = getattr(threading, "_threading_atexits", [])
+        hooks[:] = [h for h in hooks if getattr(h, "func", h) is not _at_exit]
+
+    def remove(self) -> None:
+        if self.installed is not None:
+            self.installed()
+            self.installed = None
+
+
+class _MainReturnWatch:
+    """Python 3.12: complete pending saves when the ``__main__`` module's code returns.
+
+    A local ``sys.monitoring`` ``PY_RETURN`` event on that one code object
+    (found on the main thread's stack, from any thread): no other code is
+    instrumented, no exception path is touched. Not under IPython/Jupyter,
+    where a cell's return is not the end of the program.
+    """
+
+    NAME = "nnx_momentum.checkpoint"
+
+    def __init__(self) -> None:
+        self.tool: int | None = None
+        self.code: Any = None
+
+    @staticmethod
+    def _main_code() -> Any:
+        main = sys.modules.get("__main__")
+        ipython = sys.modules.get("IPython")  # imported by flax's treescope even in scripts
+        if main is None or (
+            ipython is not None and getattr(ipython, "get_ipython", lambda: None)() is not None
+        ):
+            return None
+        frame: Any = sys._current_frames().get(threading.main_thread().ident or -1)
+        code = None
+        while frame is not None:
+            if frame.f_code.co_name == "<module>" and frame.f_globals is vars(main):
+                code = frame.f_code  # the outermost one: the script itself
+            frame = frame.f_back
+        return code
+
+    def start(self) -> None:
+        monitoring: Any = getattr(sys, "monitoring", None)
+        if self.tool is not None or monitoring is None or not (3, 12) <= sys.version_info < (3, 13):
+            return
+        code = self._main_code()
+        tool = next((i for i in (4, 3) if monitoring.get_tool(i) is None), None)
+        if code is None or tool is None:
+            return
+        monitoring.use_tool_id(tool, self.NAME)
+        self.tool, self.code = tool, code
+        monitoring.register_callback(tool, monitoring.events.PY_RETURN, self._on_return)
+        monitoring.set_local_events(tool, code, monitoring.events.PY_RETURN)
+
+    def _on_return(self, code: Any, offset: int, retval: Any) -> Any:
+        if code is self.code:
+            self.stop()
+            _complete_pending_saves()
         return None
 
-    events = monitoring.events
-    monitoring.register_callback(tool, events.PY_RETURN, on_exit)
-    monitoring.register_callback(tool, events.PY_UNWIND, on_exit)
-    monitoring.set_local_events(tool, target, events.PY_RETURN)
-    monitoring.set_events(tool, events.PY_UNWIND)  # global only; fires on exceptions
-    _WATCHED_MAIN.add(target)
+    def stop(self) -> None:
+        monitoring: Any = getattr(sys, "monitoring", None)
+        if self.tool is None or monitoring is None:
+            return
+        tool, code = self.tool, self.code
+        self.tool = self.code = None
+        monitoring.set_local_events(tool, code, 0)
+        monitoring.register_callback(tool, monitoring.events.PY_RETURN, None)
+        monitoring.free_tool_id(tool)
+
+    @property
+    def active(self) -> bool:
+        return self.tool is not None
 
 
-def register_for_exit(manager: ocp.CheckpointManager) -> None:
-    """Makes interpreter exit wait for ``manager``'s in-flight save, then close it.
+_EXIT_HOOK = _ExitHook()
+_MAIN_WATCH = _MainReturnWatch()
+
+
+def exit_hooks_installed() -> bool:
+    """Whether anything of this module is installed (an open checkpointer exists).
+
+    Returns:
+      ``True`` between the first :func:`register_for_exit` and the last
+      :func:`unregister_for_exit`.
+
+    Example:
+      >>> from nnx_momentum.checkpoint.lifecycle import exit_hooks_installed
+      >>> exit_hooks_installed()
+      False
+    """
+    return _EXIT_HOOK.installed is not None or _MAIN_WATCH.active
+
+
+def register_for_exit(manager: ocp.CheckpointManager, where: str = "") -> None:
+    """Makes interpreter exit complete ``manager``'s pending save, then close it.
 
     The hook holds the manager (not the checkpointer), so nothing is lost even
     if the checkpointer was dropped without ``close()``.
 
     Args:
       manager: an open orbax ``CheckpointManager``.
+      where: the checkpoint root, for messages.
 
     Example:
       >>> import tempfile
@@ -160,27 +310,19 @@ def register_for_exit(manager: ocp.CheckpointManager) -> None:
       >>> from nnx_momentum.checkpoint.lifecycle import register_for_exit, unregister_for_exit
       >>> with tempfile.TemporaryDirectory() as d:
       ...     manager = ocp.CheckpointManager(d)
-      ...     register_for_exit(manager)
+      ...     register_for_exit(manager, d)
       ...     unregister_for_exit(manager)
       ...     manager.close()
     """
-    global _EXIT_HOOK_INSTALLED
-    _OPEN_MANAGERS[id(manager)] = manager
-    if (3, 12) <= sys.version_info < (3, 13):
-        _watch_main_module_exit()
-    if not _EXIT_HOOK_INSTALLED:
-        register = getattr(threading, "_register_atexit", None)
-        try:
-            if register is None:
-                raise RuntimeError
-            register(_close_open_managers)
-        except RuntimeError:  # no such hook, or the interpreter is shutting down
-            atexit.register(_close_open_managers)
-        _EXIT_HOOK_INSTALLED = True
+    _OPEN[id(manager)] = (manager, where or str(manager.directory))
+    _EXIT_HOOK.install()
+    _MAIN_WATCH.start()
 
 
 def unregister_for_exit(manager: ocp.CheckpointManager) -> None:
-    """Forgets ``manager`` (it was closed); a manager never registered is ignored.
+    """Forgets ``manager`` (it was closed); the last one removes every hook.
+
+    A manager never registered is ignored.
 
     Args:
       manager: a manager passed to :func:`register_for_exit`.
@@ -194,4 +336,7 @@ def unregister_for_exit(manager: ocp.CheckpointManager) -> None:
       ...     unregister_for_exit(manager)
       ...     manager.close()
     """
-    _OPEN_MANAGERS.pop(id(manager), None)
+    _OPEN.pop(id(manager), None)
+    if not _OPEN:
+        _MAIN_WATCH.stop()
+        _EXIT_HOOK.remove()

@@ -2,16 +2,27 @@
 
 This module holds the options dataclass and the two orbax objects built from
 it: the preservation (retention) policy and the ``CheckpointManagerOptions``.
+
+Metrics survive a restart: with a ``best_metric``, each step's ``metrics`` go
+into orbax's own ``metrics`` item, which a new ``CheckpointManager`` reads
+back, so ``best_n`` ranks the steps of earlier runs too. A step written before
+that (metrics in the JSON item only) is ranked by its JSON item's metrics, and
+a step whose metrics cannot be read at all is kept, never deleted by rank.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers as ocp_managers
 from orbax.checkpoint import options as ocp_options
+
+from nnx_momentum.checkpoint import location
 
 __all__ = ["CheckpointOptions", "manager_options"]
 
@@ -84,12 +95,18 @@ class CheckpointOptions:
                 "CheckpointOptions.best_n needs best_metric, the metrics key that ranks steps."
             )
 
-    def preservation_policy(self) -> Any:
+    def preservation_policy(self, root: epath.Path | None = None) -> Any:
         """The orbax preservation policy these options describe.
 
         ``max_to_keep`` alone keeps the newest steps (``LatestN``); ``best_n``
         keeps the best steps by ``best_metric`` *and* the newest
-        ``max_to_keep`` (at least the newest one).
+        ``max_to_keep`` (at least the newest one). Steps whose metrics are
+        unknown are kept.
+
+        Args:
+          root: the checkpoint root; with it, a step that has no orbax
+            ``metrics`` item is ranked by the metrics of its JSON item
+            (:func:`nnx_momentum.checkpoint.location.saved_metrics`).
 
         Returns:
           ``None`` (keep every step), an orbax ``LatestN``, or an
@@ -104,27 +121,86 @@ class CheckpointOptions:
         """
         if self.best_n is None:
             return None if self.max_to_keep is None else ocp_managers.LatestN(n=self.max_to_keep)
-        metric = self.best_metric
-        best = ocp_managers.BestN(
-            get_metric_fn=lambda metrics: float(metrics[metric]),
+        best: Any = ocp_managers.BestN(
+            get_metric_fn=self.rank,
             # BestN keeps the last n after an ascending sort: 'max' sorts ascending.
             reverse=self.best_mode == "min",
             n=self.best_n,
-            keep_checkpoints_without_metrics=False,
+            keep_checkpoints_without_metrics=True,  # unknown rank: never deleted by rank
         )
+        if root is not None:
+            best = _RankedByJsonItem(best, lambda step: location.saved_metrics(root, step))
         latest = ocp_managers.LatestN(n=self.max_to_keep or 1)  # never delete the newest
         return ocp_managers.AnyPreservationPolicy(policies=[latest, best])
 
+    def rank(self, metrics: Any) -> float:
+        """The number ``best_n`` ranks a step by: ``metrics[best_metric]`` (``inf`` if absent).
 
-def manager_options(options: CheckpointOptions) -> ocp.CheckpointManagerOptions:
+        Args:
+          metrics: a step's metrics dict.
+
+        Returns:
+          The metric as a float; a missing one ranks worst for either ``best_mode``.
+
+        Example:
+          >>> import nnx_momentum as nm
+          >>> nm.CheckpointOptions(best_n=1, best_metric="loss").rank({"loss": 0.5})
+          0.5
+        """
+        try:
+            return float(metrics[self.best_metric])
+        except (KeyError, TypeError, ValueError):
+            return float("inf") if self.best_mode == "min" else float("-inf")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Info:
+    """A ``PolicyCheckpointInfo`` with metrics filled in."""
+
+    step: int
+    metrics: dict[str, Any] | None
+    time: datetime.datetime
+
+
+@dataclasses.dataclass
+class _RankedByJsonItem:
+    """``policy``, seeing the JSON item's metrics of steps that have no orbax metrics item."""
+
+    policy: Any
+    read_metrics: Callable[[int], dict[str, Any] | None]
+    _cache: dict[int, dict[str, Any] | None] = dataclasses.field(default_factory=dict)
+
+    def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> Sequence[bool]:
+        filled = []
+        for info in checkpoints:
+            metrics = info.metrics
+            if metrics is None:
+                if info.step not in self._cache:
+                    self._cache[info.step] = self.read_metrics(info.step)
+                metrics = self._cache[info.step]
+            filled.append(_Info(info.step, metrics, info.time))
+        live = {info.step for info in checkpoints}
+        for step in [s for s in self._cache if s not in live]:
+            del self._cache[step]  # bounded by the steps on disk
+        return self.policy.should_preserve(filled, context=context)
+
+
+def manager_options(
+    options: CheckpointOptions, root: epath.Path | None = None
+) -> ocp.CheckpointManagerOptions:
     """The ``orbax.checkpoint.CheckpointManagerOptions`` for ``options``.
 
     Saves exactly the multiples of ``save_interval_steps`` (orbax alone would
-    also save the first step), retains by :meth:`CheckpointOptions.preservation_policy`,
-    and commits a step atomically through a commit file.
+    also save the first step) and the step of a coordinated preemption
+    (orbax's ``PreemptionCheckpointingPolicy``), retains by
+    :meth:`CheckpointOptions.preservation_policy`, writes each step's metrics
+    into orbax's ``metrics`` item when there is a ``best_metric`` (so they are
+    read back after a restart), and commits a step atomically through a
+    commit file.
 
     Args:
       options: the checkpointer's options.
+      root: the checkpoint root (see :meth:`CheckpointOptions.preservation_policy`).
 
     Returns:
       The orbax manager options.
@@ -135,8 +211,17 @@ def manager_options(options: CheckpointOptions) -> ocp.CheckpointManagerOptions:
       False
     """
     return ocp.CheckpointManagerOptions(
-        save_decision_policy=ocp_managers.FixedIntervalPolicy(options.save_interval_steps),
-        preservation_policy=options.preservation_policy(),
+        save_decision_policy=ocp_managers.AnySavePolicy(
+            [
+                ocp_managers.FixedIntervalPolicy(options.save_interval_steps),
+                ocp_managers.PreemptionCheckpointingPolicy(),
+            ]
+        ),
+        preservation_policy=options.preservation_policy(root),
+        # A best_fn makes orbax persist each step's metrics (and read them on reload);
+        # the preservation policy above decides what is kept.
+        best_fn=options.rank if options.best_metric else None,
+        best_mode=options.best_mode,
         create=options.create,
         enable_async_checkpointing=options.async_save,
         atomicity_options=ocp_options.AtomicityOptions(mode=ocp_options.AtomicityMode.COMMIT_FILE),

@@ -26,6 +26,7 @@ from nnx_momentum import tree
 __all__ = [
     "flatten_saved",
     "host_value",
+    "is_abstract",
     "is_key",
     "live_variables",
     "nest_paths",
@@ -53,6 +54,24 @@ def is_key(x: Any) -> bool:
     """
     dtype = getattr(x, "dtype", None)
     return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+def is_abstract(x: Any) -> bool:
+    """Whether ``x`` is an abstract value (``nnx.eval_shape`` leaves ``jax.ShapeDtypeStruct``).
+
+    Args:
+      x: a Variable's value.
+
+    Returns:
+      ``True`` for a ``jax.ShapeDtypeStruct`` (shape, dtype and maybe a sharding; no data).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from nnx_momentum.checkpoint.targets import is_abstract
+      >>> is_abstract(jax.ShapeDtypeStruct((2,), jnp.float32)), is_abstract(jnp.zeros(2))
+      (True, False)
+    """
+    return isinstance(x, jax.ShapeDtypeStruct)
 
 
 def optimizer_state(optimizer: Any) -> nnx.State:
@@ -189,7 +208,10 @@ def target(value: Any, where: str) -> jax.ShapeDtypeStruct:
     """The restore target for a live value: its shape, dtype and *concrete* sharding.
 
     A key array's target is its key data's; a value without a sharding (NumPy,
-    Python scalar) lands on the first local device.
+    Python scalar, an abstract ``jax.ShapeDtypeStruct`` with none) lands on the
+    first local device. A sharding over an ``AbstractMesh`` (``nnx.eval_shape``
+    under ``jax.set_mesh``) is taken over the concrete mesh of the enclosing
+    ``jax.set_mesh``, which must have the same axes.
 
     Args:
       value: the live Variable's value.
@@ -199,7 +221,8 @@ def target(value: Any, where: str) -> jax.ShapeDtypeStruct:
       A ``jax.ShapeDtypeStruct`` with a sharding.
 
     Raises:
-      ValueError: the value is sharded over an abstract mesh (orbax needs devices).
+      ValueError: the value is sharded over an abstract mesh that no concrete
+        mesh in context matches (orbax needs devices).
 
     Example:
       >>> import jax.numpy as jnp
@@ -214,17 +237,21 @@ def target(value: Any, where: str) -> jax.ShapeDtypeStruct:
             if not isinstance(value, jax.Array)
             else jax.random.key_data(value)
         )
-    sharding = getattr(value, "sharding", None)
+    sharding: Any = getattr(value, "sharding", None)
     if sharding is None:
         sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     mesh = getattr(sharding, "mesh", None)
     if mesh is not None and isinstance(mesh, jax.sharding.AbstractMesh):
-        raise ValueError(
-            f"Checkpointer.restore: {where} has a sharding over an abstract mesh ({sharding}); "
-            "orbax needs concrete devices. Build the model with real arrays (not under "
-            "nnx.eval_shape with an abstract mesh), or give the abstract arrays a "
-            "NamedSharding over a concrete jax.sharding.Mesh."
-        )
+        concrete = jax.sharding.get_mesh()  # the one of an enclosing jax.set_mesh(...)
+        if concrete.empty or tuple(concrete.shape.items()) != tuple(mesh.shape.items()):
+            raise ValueError(
+                f"Checkpointer.restore: {where} has a sharding over an abstract mesh "
+                f"({sharding}) and no concrete mesh of that shape is set; orbax needs "
+                "devices. Restore under `with jax.set_mesh(mesh):` (the concrete mesh the "
+                "abstract one stands for), or give the abstract arrays a NamedSharding over "
+                "a concrete jax.sharding.Mesh."
+            )
+        sharding = jax.sharding.NamedSharding(concrete, sharding.spec)
     # a Python scalar gets the dtype jax would give it (int32 unless x64 is on)
     dtype = (
         value.dtype
@@ -251,12 +278,16 @@ def validated_targets(
       saved_keys: the paths saved as PRNG key data (the JSON item's ``prng_keys``).
 
     Returns:
-      ``{path: target}`` for every live path (:func:`target`).
+      ``{path: target}`` for every live path that the checkpoint holds
+      (:func:`target`). A live Variable created with ``since`` metadata
+      (:func:`nnx_momentum.tree.is_optional`) may be absent from an older
+      checkpoint: it gets no target and keeps its live value.
 
     Raises:
-      ValueError: paths missing on either side (all are named), or paths whose
-        key-ness, shape or dtype differs (the first ten are named). Nothing is
-        read or written.
+      ValueError: paths missing on either side (all are named; an optional
+        Variable is not missing), paths whose key-ness, shape or dtype differs
+        (the first ten are named), or an absent optional Variable whose live
+        value is abstract. Nothing is read or written.
 
     Example:
       >>> import types
@@ -269,7 +300,10 @@ def validated_targets(
       ...
       ValueError: Checkpointer.restore: the live model does not match step 1: ... ['bias']; ...
     """
-    missing = sorted(set(live) - set(saved))
+    # A Variable added to the state layout after the checkpoint was written (``since``
+    # metadata, nnx_momentum.tree) may be absent from it: it keeps its live value.
+    absent = {key for key in set(live) - set(saved) if tree.is_optional(live[key])}
+    missing = sorted(set(live) - set(saved) - absent)
     unknown = sorted(set(saved) - set(live))
     if missing or unknown:
         raise ValueError(
@@ -279,8 +313,15 @@ def validated_targets(
             "(layers, BatchNorm/Dropout, clipping, weight decay, scheduler)?"
         )
     targets = {}
-    problems = []
+    problems = [
+        f"{key}: not in the checkpoint (added in {live[key].get_metadata()[tree.SINCE]}) and "
+        "abstract in the live object, so it would keep no value; build it concretely"
+        for key in sorted(absent)
+        if is_abstract(live[key].get_value())
+    ]
     for key, var in live.items():
+        if key in absent:
+            continue
         value = var.get_value()
         key_array = is_key(value)
         if key_array != (key in saved_keys):
@@ -315,8 +356,9 @@ def write_back(live: Mapping[str, nnx.Variable], restored: Mapping[str, Any]) ->
     step of a restore that mutates the live objects.
 
     Args:
-      live: :func:`live_variables` of the live object.
-      restored: the arrays read back, by the same paths (every path present).
+      live: :func:`live_variables` of the live object (concrete or abstract values).
+      restored: the arrays read back, by the same paths; a path absent from it
+        (an optional Variable the checkpoint predates) keeps its live value.
 
     Example:
       >>> import jax.numpy as jnp
@@ -329,8 +371,17 @@ def write_back(live: Mapping[str, nnx.Variable], restored: Mapping[str, Any]) ->
       Array([2.], dtype=float32)
     """
     for key, var in live.items():
+        if key not in restored:
+            continue  # an optional Variable the checkpoint predates: keeps its live value
         value = restored[key]
         old = var.get_value()
         if is_key(old):
-            value = jax.random.wrap_key_data(value, impl=jax.random.key_impl(old))
+            value = jax.random.wrap_key_data(value, impl=_key_impl(old))
         var.set_value(value)
+
+
+def _key_impl(key: Any) -> Any:
+    """The PRNG implementation of a key array or of its abstract ``ShapeDtypeStruct``."""
+    if isinstance(key, jax.Array):
+        return jax.random.key_impl(key)
+    return key.dtype._impl  # a key dtype carries its implementation (an abstract key too)

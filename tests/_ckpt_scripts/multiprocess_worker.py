@@ -31,6 +31,15 @@ Modes:
   restore DIR EXPECTED PORT PID  2 new processes restore into fresh objects; same checks.
   single DIR EXPECTED            1 process, 1 device, no jax.distributed: restore the
                                  2-process checkpoint; values must equal EXPECTED exactly.
+  preempt DIR EXPECTED PORT PID  2 processes train forever, calling ckpt.save every step
+                                 (save_interval_steps=1000, save_on_sigterm()) and writing
+                                 each step to DIR.progress.PID; the parent sends SIGTERM to
+                                 one of them. Both must make the same final save and exit 0,
+                                 printing ``FINAL <step>``; process 0 writes that step's
+                                 arrays to EXPECTED.
+  final DIR EXPECTED             1 process, 1 device: the directory holds exactly the final
+                                 step; restore it and compare with EXPECTED; print
+                                 ``OK final <step>``.
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ if __name__ == "__main__":
     # Before jax is imported: CPU only, 4 devices per process (1 for the single-process
     # mode). Only when run as a script: pytest's --doctest-modules imports this file too,
     # and must not get its environment changed.
-    _devices = 1 if sys.argv[1:2] == ["single"] else 4
+    _devices = 1 if sys.argv[1:2] in (["single"], ["final"]) else 4
     os.environ["JAX_PLATFORMS"] = "cpu"
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={_devices}"
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -154,7 +163,47 @@ def _batch(i: int) -> jax.Array:
     return jax.random.normal(jax.random.fold_in(jax.random.key(7), i), (8, 16))
 
 
+def _preempt(directory: str, expected_path: str, pid: int) -> None:
+    """Train until a (coordinated) preemption makes ``save`` the final save and exit."""
+    import time  # noqa: PLC0415
+
+    model, opt = _build(seed=0)
+    train = nm.make_train_step(_loss, model, opt)
+    ckpt = Checkpointer(directory, save_interval_steps=1000)
+    ckpt.save_on_sigterm(exit_code=0)
+    step, saved = 0, {}
+    try:
+        while step < 10_000:
+            train(_batch(step))
+            opt.lr.step()
+            step += 1
+            saved = _gathered(model, opt)  # a collective: both processes, every step
+            ckpt.save(step, model, opt, extra={"next_batch": step})
+            with open(f"{directory}.progress.{pid}", "w") as f:
+                f.write(str(step))
+            time.sleep(0.05)
+    except SystemExit:
+        print(f"FINAL {step}", flush=True)
+        if pid == 0:
+            np.savez(expected_path, **saved)
+        raise
+    raise SystemExit("no preemption arrived")
+
+
 def main(mode: str, *args: str) -> None:
+    if mode == "final":
+        directory, expected_path = args
+        _imports()
+        with jax.set_mesh(common.make_mesh()):
+            model, opt = _build(seed=5)
+            with Checkpointer(directory) as ckpt:
+                (step,) = ckpt.all_steps()
+                assert ckpt.restore(model, opt) == step
+                assert ckpt.metadata()["extra"] == {"next_batch": step, "preempted": True}
+            assert opt.step_count == step
+            _assert_equal(_gathered(model, opt), dict(np.load(expected_path)), "final step")
+        print(f"OK final {step}", flush=True)
+        return
     if mode == "single":
         directory, expected_path = args
         _imports()
@@ -197,6 +246,8 @@ def main(mode: str, *args: str) -> None:
             )
         elif mode == "restore":
             _restore_and_check(directory, expected_path, f"new processes, process {pid}")
+        elif mode == "preempt":
+            _preempt(directory, expected_path, pid)
         else:
             raise SystemExit(f"unknown mode {mode!r}")
     print(f"OK {mode} process {pid}", flush=True)

@@ -9,12 +9,20 @@ Modes:
   kill_saves                     save big checkpoints 1, 2, ... forever (the parent kills us)
   exit_without_close             one async big save, then return without close()
   sigterm                        make_train_step forever, save_on_sigterm (parent sends SIGTERM)
+  full_disk HOW                   max_to_keep=1: save step 1, then limit file sizes to 1 MB
+                                 (RLIMIT_FSIZE, a real EFBIG on write) and save step 2; HOW
+                                 ('sync', 'async-save', 'async-steps') says which call must
+                                 report the failure; print what the instance sees (JSON)
+  scored START LOSS...           best_n=2 by 'loss' (max_to_keep=1): save steps START, START+1,
+                                 ... with these losses, then print the steps on disk (JSON)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -124,8 +132,71 @@ def main(mode: str, directory: str, *args: str) -> None:
             ckpt.save(step, model, opt, extra={"reason": "sigterm"})
             print(f"STEP {step}", flush=True)
 
+    elif mode == "full_disk":
+        print(json.dumps(full_disk(directory, args[0])), flush=True)
+
+    elif mode == "scored":
+        start, losses = int(args[0]), [float(x) for x in args[1:]]
+        model = nnx.Linear(3, 4, rngs=nnx.Rngs(0))
+        opt = nm.MomentumOptimizer(model, lr=0.1)
+        options = dict(best_n=2, best_metric="loss", best_mode="min", max_to_keep=1)
+        with Checkpointer(directory, **options) as ckpt:
+            for step, loss in enumerate(losses, start=start):
+                common.fill(model, opt, float(step))
+                ckpt.save(step, model, opt, metrics={"loss": loss})
+            print(json.dumps(ckpt.all_steps()))
+
     else:
         raise SystemExit(f"unknown mode {mode}")
+
+
+def full_disk(directory: str, how: str) -> dict[str, object]:
+    """A save that hits a full disk; what the same instance reports and keeps afterwards."""
+    model = common.big_model()
+    opt = nm.MomentumOptimizer(model, lr=0.1)
+    kernel = jax.random.normal(jax.random.key(0), model.kernel.shape)  # incompressible
+
+    def fill(value: float) -> None:
+        common.fill(model, opt, value)
+        model.kernel.set_value(kernel + value)
+
+    report: dict[str, object] = {}
+    ckpt = Checkpointer(directory, max_to_keep=1, async_save=how != "sync")
+    fill(1.0)
+    ckpt.save(1, model, opt, extra={"step": 1})
+    ckpt.wait_until_finished()
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, limits[1]))
+    fill(2.0)
+    try:
+        report["save 2"] = ckpt.save(2, model, opt, extra={"step": 2})
+        # the next call that can report it
+        if how == "async-save":
+            report["save 3"] = ckpt.save(3, model, opt)
+        else:
+            report["steps"] = ckpt.all_steps()
+            import time
+
+            for _ in range(600):  # the failure is reported once the write has failed
+                time.sleep(0.05)
+                report["steps"] = ckpt.all_steps()
+    except RuntimeError as e:
+        report["error"] = str(e)
+    resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+    report["steps after"] = ckpt.all_steps()
+    report["entries"] = sorted(os.listdir(directory))
+    fresh = common.big_model()
+    fresh_opt = nm.MomentumOptimizer(fresh, lr=0.1)
+    report["restored"] = ckpt.restore(fresh, fresh_opt)
+    report["kernel ok"] = bool((fresh.kernel[...] == kernel + 1.0).all())
+    fill(4.0)
+    report["save 4"] = ckpt.save(4, model, opt, extra={"step": 4})
+    ckpt.close()
+    with Checkpointer(directory) as again:
+        report["steps in a new instance"] = again.all_steps()
+    report["entries at the end"] = sorted(os.listdir(directory))
+    return report
 
 
 if __name__ == "__main__":

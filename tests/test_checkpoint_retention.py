@@ -1,0 +1,103 @@
+"""Retention survives a restart: ``best_n`` ranks the steps of earlier processes too.
+
+README.md, "Checkpoint and resume" ("Retention"): each step's metrics are persisted
+with it (orbax's ``metrics`` item) and read back by a new Checkpointer, so the best
+steps of a run are still kept after a resume in a new process, and the newest step
+is never deleted. Steps written before metrics went into orbax's item are ranked by
+the metrics of their JSON item; a step of unknown rank is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flax import nnx
+
+import nnx_momentum as nm
+from nnx_momentum.checkpoint import Checkpointer
+
+SCRIPTS = Path(__file__).parent / "_ckpt_scripts"
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT = 180
+BEST = dict(best_n=2, best_metric="loss", best_mode="min", max_to_keep=1)
+
+
+def _scored(directory: Path, start: int, *losses: float) -> list[int]:
+    """A new process saves ``losses`` from step ``start``; the steps it leaves on disk."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    out = subprocess.run(
+        [sys.executable, str(SCRIPTS / "worker.py"), "scored", str(directory), str(start)]
+        + [str(x) for x in losses],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _on_disk(directory: Path) -> list[int]:
+    with Checkpointer(directory) as ckpt:
+        return ckpt.all_steps()
+
+
+@pytest.mark.slow
+def test_best_steps_survive_a_new_process(tmp_path):
+    directory = tmp_path / "ckpt"
+    # losses 5, 1, 4, 0.5: the best two are steps 2 and 4, and 4 is the newest
+    assert _scored(directory, 1, 5, 1, 4, 0.5) == [2, 4]
+    # a new process: step 5 (loss 3) is the newest; 2 and 4 are still the best
+    assert _scored(directory, 5, 3) == [2, 4, 5]
+    assert _on_disk(directory) == [2, 4, 5]
+    # and another: 6 (loss 0.1) and 4 are now the best; 6 is also the newest
+    assert _scored(directory, 6, 0.1) == [4, 6]
+    model = nnx.Linear(3, 4, rngs=nnx.Rngs(1))
+    with Checkpointer(directory) as ckpt:
+        assert ckpt.restore(model, nm.MomentumOptimizer(model, lr=0.1), step=4) == 4
+        assert ckpt.metadata(4)["metrics"] == {"loss": 0.5}
+    np.testing.assert_array_equal(model.kernel[...], np.full((3, 4), 4.0))
+
+
+def _save(directory: Path, losses: dict[int, float], **options) -> None:
+    model = nnx.Linear(3, 4, rngs=nnx.Rngs(0))
+    opt = nm.MomentumOptimizer(model, lr=0.1)
+    with Checkpointer(directory, **options) as ckpt:
+        for step, loss in losses.items():
+            ckpt.save(step, model, opt, metrics={"loss": loss})
+
+
+def test_best_n_across_instances_in_one_process(tmp_path):
+    _save(tmp_path, {1: 5.0, 2: 1.0, 3: 4.0, 4: 0.5}, **BEST)
+    assert _on_disk(tmp_path) == [2, 4]
+    _save(tmp_path, {5: 3.0}, **BEST)
+    assert _on_disk(tmp_path) == [2, 4, 5]
+
+
+def test_steps_with_metrics_in_the_json_item_only_are_ranked(tmp_path):
+    # Written before the metrics item existed: no best_n, so orbax wrote no metrics item.
+    _save(tmp_path, {1: 5.0, 2: 1.0, 3: 4.0, 4: 0.5})
+    assert not any((tmp_path / str(s) / "metrics").exists() for s in range(1, 5))
+    _save(tmp_path, {5: 3.0}, **BEST)
+    assert _on_disk(tmp_path) == [2, 4, 5]
+
+
+def test_steps_of_unknown_rank_are_kept(tmp_path):
+    _save(tmp_path, {1: 5.0, 2: 1.0}, **BEST)
+    for step in (1, 2):  # lose both records of step 1's metrics
+        shutil.rmtree(tmp_path / str(step) / "metrics")
+    meta = tmp_path / "1" / "meta" / "metadata"
+    data = json.loads(meta.read_text())
+    data["metrics"] = None
+    meta.write_text(json.dumps(data))
+    _save(tmp_path, {3: 4.0, 4: 0.5, 5: 3.0}, **BEST)
+    # 1: unknown rank, kept; 2 (json: 1.0) and 4 (0.5): the best; 5: the newest
+    assert _on_disk(tmp_path) == [1, 2, 4, 5]

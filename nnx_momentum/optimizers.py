@@ -15,9 +15,9 @@ from typing import Any
 import optax
 from flax import nnx
 
+from nnx_momentum import _validation, tree
 from nnx_momentum import groups as groups_lib
 from nnx_momentum import learning_rate as lr_lib
-from nnx_momentum import tree
 from nnx_momentum._signature import public_signature
 from nnx_momentum.config import ConfigAttributes, MomentumConfig
 from nnx_momentum.groups import ParamGroup
@@ -106,6 +106,7 @@ class BraintoolsOptimizer(ConfigAttributes, nnx.Pytree):
         grad_clip_value: float | None,
         *,
         nesterov: bool,
+        shard_state_over: str | None = None,
     ):
         config = MomentumConfig(
             momentum=momentum,
@@ -117,6 +118,7 @@ class BraintoolsOptimizer(ConfigAttributes, nnx.Pytree):
         # A number is kept as given, so groups can add their own LRs to it.
         self._fixed_lr = None if isinstance(lr, LRScheduler) or callable(lr) else lr
         self._groups: tuple[ParamGroup, ...] = ()
+        self._shard_state_over = shard_state_over
         self.schedulers: nnx.List[LRScheduler] = nnx.List([])
         self.param_states: nnx.State = nnx.data(nnx.State({}))
         self.optimizer = nnx.data(self._core(self.param_states, config, lr, ()))
@@ -130,7 +132,14 @@ class BraintoolsOptimizer(ConfigAttributes, nnx.Pytree):
     ) -> MomentumOptimizer[nnx.State]:
         """The core over ``states`` (the weights as its model, every Variable trained)."""
         lr = self._fixed_lr if self._fixed_lr is not None else lr
-        return MomentumOptimizer(states, lr=lr, wrt=nnx.Variable, groups=groups, **config.to_json())
+        return MomentumOptimizer(
+            states,
+            lr=lr,
+            wrt=nnx.Variable,
+            groups=groups,
+            shard_state_over=self._shard_state_over,
+            **config.to_json(),
+        )
 
     # -- registration ------------------------------------------------------------
     def register_trainable_weights(self, weights: Any) -> BraintoolsOptimizer:
@@ -156,7 +165,7 @@ class BraintoolsOptimizer(ConfigAttributes, nnx.Pytree):
         _check_registration(old, new, merged)
         if set(merged) == set(old):
             return self
-        if self.step_count > 0:
+        if self._stepped():
             added = sorted(tree.path_str(p) for p in set(merged) - set(old))
             raise ValueError(
                 f"register_trainable_weights: new weights {added} after {self.step_count} "
@@ -210,7 +219,7 @@ class BraintoolsOptimizer(ConfigAttributes, nnx.Pytree):
             raise ValueError(f"add_param_group: weights {taken} are already registered.")
         merged = {**old, **new}
         _check_registration(old, new, merged)
-        if self.step_count > 0:
+        if self._stepped():
             raise ValueError(
                 f"add_param_group after {self.step_count} steps; add all groups before the "
                 "first step."
@@ -241,7 +250,7 @@ class BraintoolsOptimizer(ConfigAttributes, nnx.Pytree):
         Raises:
           ValueError: after the first step (compiled steps hold the old scheduler).
         """
-        if self.step_count > 0:
+        if self._stepped():
             raise ValueError(
                 f"attach_scheduler after {self.step_count} steps: pass the scheduler as lr "
                 "when building the optimizer."
@@ -258,6 +267,11 @@ class BraintoolsOptimizer(ConfigAttributes, nnx.Pytree):
     def lr_apply(self, fn: Any) -> None:
         """Applies ``fn`` to the scheduler's current LRs (braintools' ``lr_apply``)."""
         self.lr.apply(fn)
+
+    def _stepped(self) -> bool:
+        """Whether an update was applied (False while traced: a new optimizer has none)."""
+        step = self.optimizer.step[...]
+        return not _validation.is_traced(step) and int(step) > 0
 
     @property
     def registered(self) -> bool:
@@ -383,6 +397,8 @@ class Momentum(BraintoolsOptimizer):
       weight_decay: coupled L2 coefficient :math:`\lambda \ge 0`.
       grad_clip_norm: maximum global gradient norm, or None.
       grad_clip_value: maximum absolute gradient element, or None.
+      shard_state_over: a mesh axis name to shard the velocity over (ZeRO stage
+        1), or None; as in :class:`~nnx_momentum.MomentumOptimizer`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -407,9 +423,17 @@ class Momentum(BraintoolsOptimizer):
         weight_decay: float = 0.0,
         grad_clip_norm: float | None = None,
         grad_clip_value: float | None = None,
+        *,
+        shard_state_over: str | None = None,
     ):
         super().__init__(
-            lr, momentum, weight_decay, grad_clip_norm, grad_clip_value, nesterov=False
+            lr,
+            momentum,
+            weight_decay,
+            grad_clip_norm,
+            grad_clip_value,
+            nesterov=False,
+            shard_state_over=shard_state_over,
         )
 
 
@@ -422,8 +446,8 @@ class MomentumNesterov(BraintoolsOptimizer):
        \qquad g' = \mathrm{clip}(g) + \lambda p
 
     Args:
-      lr, momentum, weight_decay, grad_clip_norm, grad_clip_value: as in
-        :class:`Momentum`; ``momentum`` must be > 0.
+      lr, momentum, weight_decay, grad_clip_norm, grad_clip_value,
+      shard_state_over: as in :class:`Momentum`; ``momentum`` must be > 0.
 
     Example:
       >>> import nnx_momentum as nm
@@ -438,8 +462,18 @@ class MomentumNesterov(BraintoolsOptimizer):
         weight_decay: float = 0.0,
         grad_clip_norm: float | None = None,
         grad_clip_value: float | None = None,
+        *,
+        shard_state_over: str | None = None,
     ):
-        super().__init__(lr, momentum, weight_decay, grad_clip_norm, grad_clip_value, nesterov=True)
+        super().__init__(
+            lr,
+            momentum,
+            weight_decay,
+            grad_clip_norm,
+            grad_clip_value,
+            nesterov=True,
+            shard_state_over=shard_state_over,
+        )
 
 
 class SGD(BraintoolsOptimizer):
@@ -449,7 +483,8 @@ class SGD(BraintoolsOptimizer):
     otherwise it is :class:`Momentum` (or :class:`MomentumNesterov`).
 
     Args:
-      lr, weight_decay, grad_clip_norm, grad_clip_value: as in :class:`Momentum`.
+      lr, weight_decay, grad_clip_norm, grad_clip_value, shard_state_over: as in
+        :class:`Momentum`.
       momentum: :math:`\mu \in [0, 1)`, default 0.
       nesterov: Nesterov momentum (needs ``momentum > 0``).
 
@@ -467,7 +502,15 @@ class SGD(BraintoolsOptimizer):
         nesterov: bool = False,
         grad_clip_norm: float | None = None,
         grad_clip_value: float | None = None,
+        *,
+        shard_state_over: str | None = None,
     ):
         super().__init__(
-            lr, momentum, weight_decay, grad_clip_norm, grad_clip_value, nesterov=nesterov
+            lr,
+            momentum,
+            weight_decay,
+            grad_clip_norm,
+            grad_clip_value,
+            nesterov=nesterov,
+            shard_state_over=shard_state_over,
         )

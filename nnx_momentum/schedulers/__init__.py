@@ -37,7 +37,7 @@ Example:
   True
 """
 
-from nnx_momentum.schedulers.base import LRScheduler, SchedulerState, as_scheduler, reported_lr
+from nnx_momentum.schedulers.base import LRScheduler, as_scheduler
 from nnx_momentum.schedulers.closed_form import (
     ConstantLR,
     CosineAnnealingLR,
@@ -52,6 +52,7 @@ from nnx_momentum.schedulers.closed_form import (
 )
 from nnx_momentum.schedulers.composite import ChainedScheduler, SequentialLR
 from nnx_momentum.schedulers.stateful import CosineAnnealingWarmRestarts, ReduceLROnPlateau
+from nnx_momentum.schedulers.support import SchedulerState, reported_lr
 from nnx_momentum.schedulers.warmup import (
     CyclicLR,
     OneCycleLR,

@@ -20,9 +20,9 @@ import jax.numpy as jnp
 import optax
 
 from nnx_momentum import _validation
-from nnx_momentum.schedulers.base import (
+from nnx_momentum.schedulers.base import LRScheduler
+from nnx_momentum.schedulers.support import (
     BaseLR,
-    LRScheduler,
     _cosine,
     _epoch_float,
     _epoch_int,

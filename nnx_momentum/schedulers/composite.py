@@ -15,17 +15,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from nnx_momentum.schedulers.base import (
+from nnx_momentum.schedulers.base import LRScheduler, _check_child_states
+from nnx_momentum.schedulers.stateful import ReduceLROnPlateau
+from nnx_momentum.schedulers.support import (
     LAYOUT_0_2,
-    LRScheduler,
     SchedulerState,
-    _check_child_states,
     _f32,
     _increasing_ints,
     _read,
     _write,
 )
-from nnx_momentum.schedulers.stateful import ReduceLROnPlateau
 from nnx_momentum.tree import live_variables
 
 __all__ = ["ChainedScheduler", "SequentialLR"]

@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 
 from nnx_momentum import _validation
-from nnx_momentum.schedulers.base import (
+from nnx_momentum.schedulers.base import LRScheduler
+from nnx_momentum.schedulers.support import (
     BaseLR,
-    LRScheduler,
     SchedulerState,
     _f32,
     _group_values,

@@ -17,10 +17,6 @@ import numpy as np
 from flax import nnx
 
 from nnx_momentum import _validation
-from nnx_momentum.tree import flatten, is_optional, load_into
-
-__all__ = ["LRScheduler", "SchedulerState", "as_scheduler", "reported_lr"]
-
 from nnx_momentum.schedulers.support import (
     LAYOUT_0_2,
     ArrayLike,
@@ -36,6 +32,9 @@ from nnx_momentum.schedulers.support import (
     _write,
     reported_lr,
 )
+from nnx_momentum.tree import flatten, is_optional, load_into
+
+__all__ = ["LRScheduler", "as_scheduler"]
 
 
 class LRScheduler(nnx.Pytree):

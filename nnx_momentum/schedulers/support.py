@@ -8,7 +8,7 @@ LRs, evaluating an optax schedule, argument checks, the ``describe()`` encoding.
 import inspect
 import numbers
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -146,7 +146,7 @@ def _increasing_ints(name: str, value: Any, *, minimum: int = 0) -> tuple[int, .
 def _describe_value(value: Any) -> Any:
     """``value`` as JSON data for :meth:`LRScheduler.describe` (children nest)."""
     if isinstance(value, nnx.Pytree) and callable(getattr(value, "describe", None)):
-        return value.describe()  # a scheduler (a child of a composite)
+        return cast(Any, value).describe()  # a scheduler (a child of a composite)
     if isinstance(value, nnx.Variable):
         value = value.get_value()
     if isinstance(value, (jax.Array, np.ndarray, np.generic)) and not isinstance(value, bool):
@@ -181,7 +181,7 @@ class _ConstructorSignature:
     def __get__(self, obj: object, cls: type | None = None) -> inspect.Signature:
         if obj is not None or cls is None:
             raise AttributeError("__signature__")
-        signature = inspect.signature(cls.__init__)
+        signature = inspect.signature(cls.__init__)  # type: ignore[misc]  # the class's own
         return signature.replace(parameters=list(signature.parameters.values())[1:])
 
 

@@ -65,24 +65,32 @@ def time_interleaved(
     iters: int,
     repeats: int,
     warmup: int = 3,
+    cpu: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
     """Seconds per iteration of each runner, one sample per repeat.
 
     ``runners[name](n)`` runs ``n`` iterations and blocks until they are done.
     Repeats are interleaved (A B C A B C ...) so that background load on a
     shared machine hits every candidate alike; take the min or the median.
+    With ``cpu``, it also receives this process's CPU seconds per iteration
+    (``time.process_time``: all its threads), which other processes' load on a
+    shared machine disturbs less than wall time.
     """
     for run in runners.values():
         run(warmup)
     samples: dict[str, list[float]] = {name: [] for name in runners}
+    if cpu is not None:
+        cpu.update({name: [] for name in runners})
     gc.collect()
     gc.disable()
     try:
         for _ in range(repeats):
             for name, run in runners.items():
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 run(iters)
                 samples[name].append((time.perf_counter() - t0) / iters)
+                if cpu is not None:
+                    cpu[name].append((time.process_time() - c0) / iters)
     finally:
         gc.enable()
     return samples

@@ -37,6 +37,18 @@ BENCHMARKS = {
     "checkpoint": "Checkpointer save/restore of a >=100 MB state vs np.save of the same bytes; "
     "async vs sync save blocking time",
     "scaling": "train-step time as the parameter count grows (log-log plot, fitted slope)",
+    "sharding": "shard_state_over (ZeRO-1) on 8 simulated devices: velocity and compiled "
+    "memory per device, step time, same numbers",
+}
+# Environment a benchmark's process needs before jax is imported; such a benchmark
+# always runs in a process of its own (also with --smoke).
+ENV = {
+    # Single-threaded Eigen: with multi-threaded matmuls, 8 simulated devices on a few
+    # cores can starve the shared thread pool while the others wait in a collective
+    # (an XLA:CPU rendezvous deadlock).
+    "sharding": {
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_cpu_multi_thread_eigen=false"
+    }
 }
 
 
@@ -99,6 +111,8 @@ def _spawn(names: list[str], args: argparse.Namespace) -> dict[str, dict[str, An
     if args.smoke:
         cmd.append("--smoke")
     env = dict(os.environ)
+    for name in names:
+        env.update(ENV.get(name, {}))
     env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     t0 = time.perf_counter()
     proc = subprocess.run(
@@ -153,6 +167,12 @@ def render_markdown(results: dict[str, dict[str, Any]], smoke: bool) -> str:
         lines.append("|" + "---|" * len(r["columns"]))
         for row in r["rows"]:
             lines.append("| " + " | ".join(map(_cell, row)) + " |")
+        for table in r.get("tables", []):
+            lines += ["", f"**{table['title']}**", ""]
+            lines.append("| " + " | ".join(map(_cell, table["columns"])) + " |")
+            lines.append("|" + "---|" * len(table["columns"]))
+            for row in table["rows"]:
+                lines.append("| " + " | ".join(map(_cell, row)) + " |")
         if r.get("notes"):
             lines.append("")
             lines += [f"- {n}" for n in r["notes"]]
@@ -207,8 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     names = args.only or list(BENCHMARKS)
     results: dict[str, dict[str, Any]] = {}
-    # One process per comparison; at smoke sizes one process for all (start-up dominates).
-    groups = [names] if args.smoke else [[name] for name in names]
+    # One process per comparison; at smoke sizes one process for all (start-up dominates),
+    # except those that need their own environment (ENV).
+    if args.smoke:
+        shared = [name for name in names if name not in ENV]
+        groups = ([shared] if shared else []) + [[name] for name in names if name in ENV]
+    else:
+        groups = [[name] for name in names]
     with tempfile.TemporaryDirectory(prefix="nnx_momentum_bench_") as args.tmp:
         for group in groups:
             print(f"[{' '.join(group)}] running ...", flush=True)

@@ -20,6 +20,7 @@ from flax import nnx
 
 from nnx_momentum import groups as groups_lib
 from nnx_momentum import learning_rate as lr_lib
+from nnx_momentum import sharding as sharding_lib
 from nnx_momentum import tree
 from nnx_momentum._signature import public_signature
 from nnx_momentum.config import ConfigAttributes, MomentumConfig
@@ -65,6 +66,14 @@ class MomentumOptimizer(ConfigAttributes, nnx.Optimizer[M]):
       tx_wrapper: a function wrapping the transformation, e.g.
         ``lambda tx: optax.MultiSteps(tx, every_k_schedule=4)`` for gradient
         accumulation; the runtime LR and the scheduler keep working through it.
+      shard_state_over: a mesh axis name (e.g. ``"data"``) to shard the optimizer
+        state over (ZeRO stage 1): each velocity leaf is split over that axis
+        along a dimension divisible by its size (leaves with none stay as their
+        parameter is), whatever the parameter's own sharding; every update keeps
+        each parameter's own sharding. The mesh is the parameters' (their
+        ``NamedSharding``) or the ambient ``jax.set_mesh``. See
+        :mod:`nnx_momentum.sharding`. ``None`` (default): the state follows the
+        parameters.
       graph: graph mode (``True``) or tree mode (``False``), as in ``nnx.Optimizer``.
 
     Attributes:
@@ -74,7 +83,8 @@ class MomentumOptimizer(ConfigAttributes, nnx.Optimizer[M]):
 
     Raises:
       ValueError: naming the argument, for a hyperparameter out of range, a
-        parameter that is not floating or complex, or a group that selects nothing.
+        parameter that is not floating or complex, or a group that selects nothing;
+        naming ``shard_state_over``, when there is no mesh or it has no such axis.
       TypeError: ``groups`` items that are not ``ParamGroup``s, or a ``tx_wrapper``
         that does not return a transformation.
 
@@ -109,6 +119,7 @@ class MomentumOptimizer(ConfigAttributes, nnx.Optimizer[M]):
         accumulator_dtype: jax.typing.DTypeLike | None = None,
         groups: Sequence[ParamGroup] = (),
         tx_wrapper: Callable[[optax.GradientTransformation], Any] | None = None,
+        shard_state_over: str | None = None,
         graph: bool | None = None,
     ):
         config = MomentumConfig(
@@ -135,7 +146,10 @@ class MomentumOptimizer(ConfigAttributes, nnx.Optimizer[M]):
                 raise TypeError(
                     f"tx_wrapper must return an optax transformation, got {type(tx).__name__}."
                 )
+        if shard_state_over is not None:
+            tx = sharding_lib.shard_state(tx, nnx.state(model, wrt, graph=graph), shard_state_over)
         super().__init__(model, tx, wrt=wrt, graph=graph)
+        self.shard_state_over = shard_state_over
         self.config = config
         self.group_configs = tuple(configs)
         self.group_labels = tuple(sorted(labels.items()))
@@ -174,6 +188,12 @@ class MomentumOptimizer(ConfigAttributes, nnx.Optimizer[M]):
         if not isinstance(self.lr, lr_lib.OptaxSchedule):
             lr = self.lr.current_lr[...]
             states = self._lr_states()
+            if lr.ndim == 1 and lr.shape[0] != len(states):
+                raise ValueError(
+                    f"lr drives {lr.shape[0]} LRs (one per base LR) but the optimizer has "
+                    f"{len(states)} parameter group(s): add the groups (add_param_group, or "
+                    "groups=[...]) or give the scheduler one base LR per group."
+                )
             for k, state in enumerate(states):
                 state.hyperparams[LEARNING_RATE][...] = lr if lr.ndim == 0 else lr[k]
         return super().update(model, grads, **kwargs)

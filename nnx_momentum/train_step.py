@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import collections
+import dataclasses
+import operator
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import jax
+import numpy as np
 from flax import nnx
 
 from nnx_momentum import tree
@@ -26,38 +30,118 @@ class TrainStep(Protocol):
         ...
 
 
+_RAW = "_raw_value"  # where an nnx.Variable keeps its array (a slot, read by get_raw_value)
+_read_raw = operator.attrgetter(_RAW)
+_drain: Callable[[Iterable[Any]], None] = collections.deque(maxlen=0).extend  # in C
+
+
+def _raw_slot_works(variables: Iterable[nnx.Variable[Any]]) -> bool:
+    """Whether this flax keeps a Variable's array in the ``_raw_value`` slot.
+
+    Then a call reads and writes the slot directly, in C (``attrgetter``,
+    ``object.__setattr__``): ``set_raw_value`` re-checks the trace context on
+    every Variable (~1.5 us each), which would be most of a tiny model's step.
+    The check is done once per call instead (the results are not tracers).
+    """
+    if _RAW not in getattr(nnx.Variable, "__slots__", ()):
+        return False
+    return all(_read_raw(var) is var.get_raw_value() for var in variables)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """What the trace of a step found about the kept (non-donated) Variables.
+
+    Attributes:
+      computed: kept Variables (indices) whose new value the program returns.
+      forwarded: ``(i, j)`` pairs: kept Variable ``i``'s new value *is* kept input
+        ``j`` (the optimizer's runtime LR is set from the scheduler's current LR),
+        so ``i`` gets ``j``'s array after the call, as an eager ``update`` leaves
+        it, and the program copies nothing. The other kept Variables are unchanged.
+    """
+
+    computed: tuple[int, ...]
+    forwarded: tuple[tuple[int, int], ...]
+
+
 class _TrainStep:
-    """A :class:`TrainStep`: the compiled pure step and the live Variables it reads."""
+    """A :class:`TrainStep`: the compiled pure step and the live Variables it reads.
+
+    Per call: the donated and the kept Variables' arrays as two lists, one
+    ``jax.jit`` dispatch, and the new arrays written back into the same
+    Variables -- no pytree flattening, no per-Variable Python calls. Kept
+    Variables the step leaves unchanged (the scheduler's state) or sets to
+    another kept input (the runtime LR) cost the program no output.
+    """
 
     def __init__(
         self,
-        compiled: Any,
-        written: list[nnx.Variable[Any]],
-        constant: list[nnx.Variable[Any]],
+        pure_step: Callable[..., Any],
+        donated: list[nnx.Variable[Any]],
+        kept: list[nnx.Variable[Any]],
+        donate: bool,
     ) -> None:
-        self._compiled = compiled
-        self._written = written
-        self._constant = constant
+        self._jit = jax.jit(pure_step, donate_argnums=0 if donate else ())
+        self._donated = tuple(donated)
+        self._kept = tuple(kept)
+        self._fast = _raw_slot_works(self._donated + self._kept)
+        self._layout: _Layout | None = None
+        # Set by the first trace (``record``): what each call writes back.
+        self._written: tuple[nnx.Variable[Any], ...] = ()
+        self._names: tuple[str, ...] = ()
+        self._sinks: tuple[nnx.Variable[Any], ...] = ()
+        self._sink_names: tuple[str, ...] = ()
+        self._sources: tuple[int, ...] = ()
+
+    def record(self, layout: _Layout) -> None:
+        """Called at trace time: fixes the layout, or checks that a retrace has the same."""
+        if self._layout is None:
+            self._layout = layout
+            self._written = self._donated + tuple(self._kept[i] for i in layout.computed)
+            self._names = (_RAW,) * len(self._written)
+            self._sinks = tuple(self._kept[i] for i, _ in layout.forwarded)
+            self._sink_names = (_RAW,) * len(self._sinks)
+            self._sources = tuple(j for _, j in layout.forwarded)
+        elif layout != self._layout:
+            raise RuntimeError(
+                "make_train_step: a retrace (new batch shapes?) changed which state the step "
+                f"writes ({self._layout} before, {layout} now); build a new step for it."
+            )
+
+    def _arrays(self) -> tuple[list[Any], list[Any]]:
+        if self._fast:
+            return list(map(_read_raw, self._donated)), list(map(_read_raw, self._kept))
+        return (
+            [var.get_raw_value() for var in self._donated],
+            [var.get_raw_value() for var in self._kept],
+        )
 
     def __call__(self, *batch: Any) -> Any:
-        out, arrays = self._compiled(
-            [var.get_raw_value() for var in self._written],
-            [var.get_raw_value() for var in self._constant],
-            *batch,
-        )
-        for var, array in zip(self._written, arrays, strict=True):
-            # The same Variable objects get the new buffers, so the model and the
-            # optimizer stay the source of truth.
-            var.set_raw_value(array)
+        donated, kept = self._arrays()
+        out, arrays = self._jit(donated, kept, *batch)
+        if arrays and isinstance(arrays[0], jax.core.Tracer):
+            raise RuntimeError(
+                "make_train_step: the step was called inside a jax transformation (jit, grad, "
+                "vmap, ...); it runs eagerly and writes the live Variables. Inside a "
+                "transformation, call optimizer.update in a plain nnx.jit step instead."
+            )
+        # The same Variable objects get the new buffers, so the model and the
+        # optimizer stay the source of truth.
+        if self._fast:
+            _drain(map(object.__setattr__, self._written, self._names, arrays))
+            if self._sinks:
+                forwarded = map(kept.__getitem__, self._sources)
+                _drain(map(object.__setattr__, self._sinks, self._sink_names, forwarded))
+        else:
+            for var, array in zip(self._written, arrays, strict=True):
+                var.set_raw_value(array)
+            for var, j in zip(self._sinks, self._sources, strict=True):
+                var.set_raw_value(kept[j])
         return out
 
     def lower(self, *batch: Any) -> jax.stages.Lowered:
         """``jax.jit``'s ``lower`` for these batch arguments (HLO, memory analysis)."""
-        lowered: jax.stages.Lowered = self._compiled.lower(
-            [var.get_raw_value() for var in self._written],
-            [var.get_raw_value() for var in self._constant],
-            *batch,
-        )
+        lowered: jax.stages.Lowered = self._jit.lower(*self._arrays(), *batch)
         return lowered
 
 
@@ -126,18 +210,22 @@ def make_train_step(
     graphdef = nnx.graphdef((model, optimizer))
     paths, live = zip(*nnx.to_flat_state(nnx.state((model, optimizer))), strict=True)
     _check_plain_variables(paths, live)
-    # The scheduler's state is only read by a step (it changes through
-    # ``scheduler.step()`` between steps), so it goes in as a second, non-donated
-    # argument and does not come back: fewer buffers per call.
-    read_only = [isinstance(var, SchedulerState) for var in live]
-    written = [var for var, ro in zip(live, read_only) if not ro]
-    constant = [var for var, ro in zip(live, read_only) if ro]
+    # Donated: the arrays a step rewrites (parameters, velocity, model state). Kept
+    # (passed, not donated): the scheduler's state, which a step only reads (it
+    # changes through ``scheduler.step()`` between steps), and scalars (step
+    # counters, the LR, PRNG keys), whose donation saves nothing. The trace finds
+    # which kept Variables come back unchanged or set to another kept input (the
+    # runtime LR, from the scheduler): those cost the program no output.
+    is_kept = [isinstance(var, SchedulerState) or _is_scalar(var) for var in live]
+    donated = [var for var, k in zip(live, is_kept) if not k]
+    kept = [var for var, k in zip(live, is_kept) if k]
+    step: _TrainStep
 
     def pure_step(
-        written_arrays: list[jax.Array], constant_arrays: list[jax.Array], *batch: Any
+        donated_arrays: list[jax.Array], kept_arrays: list[jax.Array], *batch: Any
     ) -> tuple[Any, list[jax.Array]]:
-        w, c = iter(written_arrays), iter(constant_arrays)
-        arrays = [next(c) if ro else next(w) for ro in read_only]
+        d, k = iter(donated_arrays), iter(kept_arrays)
+        arrays = [next(k) if kk else next(d) for kk in is_kept]
         state = nnx.from_flat_state(
             [(path, var.replace(array)) for path, var, array in zip(paths, live, arrays)]
         )
@@ -145,11 +233,25 @@ def make_train_step(
         out, grads = grad_fn(model, *batch)
         apply(model, optimizer, grads)
         new = [var.get_raw_value() for _, var in nnx.to_flat_state(nnx.state((model, optimizer)))]
-        if any(ro and n is not a for ro, n, a in zip(read_only, new, arrays)):
-            raise RuntimeError("make_train_step: the scheduler state changed inside the step.")
-        return out, [n for ro, n in zip(read_only, new) if not ro]
+        outputs = [n for kk, n in zip(is_kept, new) if not kk]
+        inputs = {id(a): j for j, a in enumerate(kept_arrays)}
+        computed, forwarded = [], []
+        for i, n in enumerate(n for kk, n in zip(is_kept, new) if kk):
+            j = inputs.get(id(n))
+            if j is None:  # computed by the step: an output
+                computed.append(i)
+                outputs.append(n)
+            elif j != i:  # set to another kept input: that input's array, no output
+                forwarded.append((i, j))
+        step.record(_Layout(tuple(computed), tuple(forwarded)))
+        return out, outputs
 
-    return _TrainStep(jax.jit(pure_step, donate_argnums=0 if donate else ()), written, constant)
+    step = _TrainStep(pure_step, donated, kept, donate)
+    return step
+
+
+def _is_scalar(var: nnx.Variable[Any]) -> bool:
+    return np.ndim(var.get_raw_value()) == 0
 
 
 def _check_plain_variables(paths: tuple, live: tuple) -> None:

@@ -134,3 +134,84 @@ def test_lower_gives_the_compiled_program():
     assert "HloModule" in compiled.as_text()
     step(x, y)  # lowering did not consume (donate) the live buffers
     assert opt.step_count == 1
+
+
+def test_runtime_lr_and_counters_are_those_of_an_eager_update():
+    """After each call the optimizer's state is exactly what ``update`` leaves: the runtime LR
+    is the scheduler's current LR (the same array, as an eager update leaves it), the update
+    count and step advance, and a scheduler stepped between calls takes effect."""
+    fast_model, eager_model = MLP(nnx.Rngs(0)), MLP(nnx.Rngs(0))
+    fast = nm.MomentumOptimizer(fast_model, lr=nm.StepLR(0.1, step_size=1, gamma=0.5))
+    eager = nm.MomentumOptimizer(eager_model, lr=nm.StepLR(0.1, step_size=1, gamma=0.5))
+    step = nm.make_train_step(loss_fn, fast_model, fast)
+    for x, y in batches(4):
+        step(x, y)
+        eager.update(eager_model, nnx.grad(loss_fn)(eager_model, x, y))
+        lr = fast.opt_state.hyperparams["learning_rate"]
+        assert lr.get_raw_value() is fast.lr.current_lr.get_raw_value()
+        fast.lr.step()
+        eager.lr.step()
+    assert fast.step_count == int(fast.opt_state.count[...]) == 4
+    for a, b in zip(
+        jax.tree.leaves(fast.state_dict()), jax.tree.leaves(eager.state_dict()), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_values_set_between_calls_are_used():
+    """The live Variables are read at every call: edits, overrides and loaded states between
+    calls are what the next step starts from."""
+    data = batches(4)
+    model, ref_model = MLP(nnx.Rngs(0)), MLP(nnx.Rngs(0))
+    opt, ref_opt = nm.MomentumOptimizer(model, lr=0.1), nm.MomentumOptimizer(ref_model, lr=0.1)
+    step = nm.make_train_step(loss_fn, model, opt)
+    plain_step = nnx.jit(_plain_step)
+    step(*data[0])
+    plain_step(ref_model, ref_opt, *data[0])
+    for m, o in ((model, opt), (ref_model, ref_opt)):
+        m.l1.kernel[...] = jnp.zeros_like(m.l1.kernel[...])  # a manual edit
+        o.current_lr = 0.05  # an LR override
+        o.load_state_dict(o.state_dict())  # fresh buffers, as a restore writes
+    for x, y in data[1:]:
+        step(x, y)
+        plain_step(ref_model, ref_opt, x, y)
+    for k, v in params_np(ref_model).items():
+        np.testing.assert_allclose(params_np(model)[k], v, rtol=1e-6, atol=1e-7)
+    assert opt.step_count == ref_opt.step_count == 4 and opt.current_lr == 0.05
+
+
+def test_called_inside_a_transformation_is_refused():
+    model = MLP(nnx.Rngs(0))
+    opt = nm.MomentumOptimizer(model, lr=0.1)
+    step = nm.make_train_step(loss_fn, model, opt, donate=False)
+    x, y = batches(1)[0]
+    with pytest.raises(RuntimeError, match="inside a jax transformation"):
+        jax.jit(lambda x, y: step(x, y))(x, y)
+    assert opt.step_count == 0  # nothing was written
+    step(x, y)
+    assert opt.step_count == 1
+
+
+def test_without_the_fast_slot_access_the_numbers_are_the_same(monkeypatch):
+    """The fallback (get/set_raw_value per Variable, for a flax without the array slot)."""
+    from nnx_momentum import train_step as train_step_lib
+
+    data = batches(4)
+    models, opts = [], []
+    for fast in (True, False):
+        monkeypatch.setattr(train_step_lib, "_raw_slot_works", lambda variables, f=fast: f)
+        model = MLP(nnx.Rngs(0))
+        opt = nm.MomentumOptimizer(model, lr=nm.StepLR(0.1, step_size=1))
+        step = nm.make_train_step(loss_fn, model, opt)
+        assert step._fast is fast
+        for x, y in data:
+            step(x, y)
+            opt.lr.step()
+        models.append(model)
+        opts.append(opt)
+    for k, v in params_np(models[0]).items():
+        np.testing.assert_array_equal(params_np(models[1])[k], v)
+    for a, b in zip(
+        jax.tree.leaves(opts[0].state_dict()), jax.tree.leaves(opts[1].state_dict()), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)

@@ -42,6 +42,8 @@ def _raw_slot_works(variables: Iterable[nnx.Variable[Any]]) -> bool:
     ``object.__setattr__``): ``set_raw_value`` re-checks the trace context on
     every Variable (~1.5 us each), which would be most of a tiny model's step.
     The check is done once per call instead (the results are not tracers).
+    Checked on flax 0.12.8 and 0.12.12; any other layout falls back to the public
+    ``get_raw_value``/``set_raw_value`` (tests/test_train_step.py runs both paths).
     """
     if _RAW not in getattr(nnx.Variable, "__slots__", ()):
         return False

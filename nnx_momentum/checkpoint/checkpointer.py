@@ -186,7 +186,8 @@ class Checkpointer:
 
         Raises:
           RuntimeError: the last asynchronous save failed (raised once; the
-            list is then that of the committed steps).
+            list is then that of the committed steps). Listing also works after
+            :meth:`close`.
 
         Example:
           >>> import tempfile, nnx_momentum as nm
@@ -194,8 +195,8 @@ class Checkpointer:
           ...     ckpt.all_steps()
           []
         """
-        self._check_open()
-        self._settle(block=False)
+        if not self._closed:  # after close(), the committed steps can still be listed
+            self._settle(block=False)
         return sorted(self._manager.all_steps())
 
     def latest_step(self) -> int | None:

@@ -20,6 +20,7 @@ whatever the kernel flushes meanwhile, as a training loop sees them.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -200,8 +201,8 @@ def _sweep(
     try:
         for r in range(repeats):
             for name, w in writers.items():
-                times[name][0].append(_timed(lambda w=w, s=r + 1: w.save(s)))
-                times[name][1].append(_timed(lambda w=w, s=r + 1: w.restore(s)))
+                times[name][0].append(_timed(functools.partial(w.save, r + 1)))
+                times[name][1].append(_timed(functools.partial(w.restore, r + 1)))
         out = []
         for name, w in writers.items():
             size, files = _du(os.path.join(w.directory, str(repeats)))
@@ -266,15 +267,17 @@ def run(smoke: bool) -> dict[str, Any]:
                         ]
                     )
                 )
-                times["orbax save"].append(_timed(lambda s=step: bare.save(s)))
-                times["orbax restore"].append(_timed(lambda s=step: bare.restore(s)))
-                times["sync save"].append(_timed(lambda s=step: sync.save(s, model, opt)))
+                times["orbax save"].append(_timed(functools.partial(bare.save, step)))
+                times["orbax restore"].append(_timed(functools.partial(bare.restore, step)))
+                times["sync save"].append(_timed(functools.partial(sync.save, step, model, opt)))
                 t0 = time.perf_counter()
                 asyn.save(step, model, opt)
                 times["async blocking"].append(time.perf_counter() - t0)
                 asyn.wait_until_finished()
                 times["async total"].append(time.perf_counter() - t0)
-                times["restore"].append(_timed(lambda s=step: sync.restore(model, opt, step=s)))
+                times["restore"].append(
+                    _timed(functools.partial(sync.restore, model, opt, step=step))
+                )
         bare.close()
         on_disk = _du(os.path.join(sync_dir, str(repeats)))[0]
         sweep = _sweep(root, "few", items, tuple(SETTINGS), repeats)
@@ -340,28 +343,28 @@ def run(smoke: bool) -> dict[str, Any]:
             fmt(t["restore"] / t["orbax restore"]),
         ],
     ]
-    base = {r["setting"]: r for r in sweep}[DEFAULT]
-    many_base = {r["setting"]: r for r in many}[DEFAULT]
+    base = {res["setting"]: res for res in sweep}[DEFAULT]
+    many_base = {res["setting"]: res for res in many}[DEFAULT]
     setting_rows = []
     for label, results, ref in (
         (f"{n_arrays} arrays, {fmt(mb)} MB", sweep, base),
         (f"{many_arrays} arrays, {fmt(many_bytes / MB)} MB", many, many_base),
     ):
-        for r in results:
+        for res in results:
             setting_rows.append(
                 [
                     label,
-                    r["setting"],
-                    fmt(r["save"] * 1e3),
-                    fmt(r["restore"] * 1e3),
-                    f"{r['save'] / ref['save']:.2f}",
-                    f"{r['restore'] / ref['restore']:.2f}",
-                    fmt(r["bytes"] / MB),
-                    str(r["files"]),
-                    "yes" if r["readable"] else "**no**",
+                    res["setting"],
+                    fmt(res["save"] * 1e3),
+                    fmt(res["restore"] * 1e3),
+                    f"{res['save'] / ref['save']:.2f}",
+                    f"{res['restore'] / ref['restore']:.2f}",
+                    fmt(res["bytes"] / MB),
+                    str(res["files"]),
+                    "yes" if res["readable"] else "**no**",
                 ]
             )
-    fastest = min(sweep, key=lambda r: r["save"] + r["restore"])
+    fastest = min(sweep, key=lambda res: float(res["save"] + res["restore"]))
     blocking = t["async blocking"] / t["sync save"]
     checks = [
         check(

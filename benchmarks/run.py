@@ -110,7 +110,7 @@ def _spawn(names: list[str], args: argparse.Namespace) -> dict[str, dict[str, An
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", *names, "--json", args.tmp]
     if args.smoke:
         cmd.append("--smoke")
-    env = dict(os.environ)
+    env: dict[str, str] = dict(os.environ)
     for name in names:
         env.update(ENV.get(name, {}))
     env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -137,7 +137,9 @@ def _cell(x: Any) -> str:
 
 
 def render_markdown(results: dict[str, dict[str, Any]], smoke: bool) -> str:
-    env = next((r["environment"] for r in results.values() if "environment" in r), {})
+    env: dict[str, Any] = next(
+        (r["environment"] for r in results.values() if "environment" in r), {}
+    )
     lines = [
         "# nnx_momentum benchmarks" + (" (smoke sizes: not meaningful)" if smoke else ""),
         "",

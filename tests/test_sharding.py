@@ -20,7 +20,7 @@ import sys
 import tempfile
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -121,7 +121,7 @@ def _assert_one_nth(optimizer: Any, axis: str = "data", n: int = N) -> int:
         divisible = any(d % n == 0 and d > 0 for d in v.shape)
         if divisible:
             assert shard.size * n == v.size, (path, v.shape, shard.shape, v.sharding)
-            assert axis in str(v.sharding.spec), (path, v.sharding)
+            assert any(axis in str(entry) for entry in _spec(v)), (path, v.sharding)
             split += 1
         else:
             assert shard.size == v.size, (path, v.shape, shard.shape)
@@ -130,7 +130,7 @@ def _assert_one_nth(optimizer: Any, axis: str = "data", n: int = N) -> int:
 
 def _spec(x: jax.Array) -> tuple[Any, ...]:
     """``x``'s PartitionSpec with one entry per dimension (Auto meshes drop trailing Nones)."""
-    spec = tuple(x.sharding.spec)
+    spec = tuple(cast(NamedSharding, x.sharding).spec)
     return spec + (None,) * (x.ndim - len(spec))
 
 

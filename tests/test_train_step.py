@@ -131,7 +131,7 @@ def test_lower_gives_the_compiled_program():
     step = nm.make_train_step(loss_fn, model, opt)
     x, y = batches(1)[0]
     compiled = step.lower(x, y).compile()
-    assert "HloModule" in compiled.as_text()
+    assert "HloModule" in (compiled.as_text() or "")
     step(x, y)  # lowering did not consume (donate) the live buffers
     assert opt.step_count == 1
 
@@ -203,7 +203,7 @@ def test_without_the_fast_slot_access_the_numbers_are_the_same(monkeypatch):
         model = MLP(nnx.Rngs(0))
         opt = nm.MomentumOptimizer(model, lr=nm.StepLR(0.1, step_size=1))
         step = nm.make_train_step(loss_fn, model, opt)
-        assert step._fast is fast
+        assert isinstance(step, train_step_lib._TrainStep) and step._fast is fast
         for x, y in data:
             step(x, y)
             opt.lr.step()

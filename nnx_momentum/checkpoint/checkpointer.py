@@ -3,14 +3,16 @@
 One :meth:`Checkpointer.save` writes these orbax items into the step folder:
 
 - ``model``: ``nnx.state(model)`` -- every Variable (parameters, batch
-  statistics, RNG keys and counters), as arrays;
+  statistics, RNG keys and counters), as arrays (orbax's
+  ``PyTreeCheckpointHandler``: OCDBT, zarr3, uncompressed -- plain orbax reads
+  it; :mod:`nnx_momentum.checkpoint.items`);
 - ``optimizer``: the optimizer's whole state -- update counter, velocity and
   the scheduler's state (``state_tree()`` of both ``nnx_momentum`` faces, or
   ``nnx.state(optimizer, nnx.OptState)`` for a plain ``nnx.Optimizer``);
 - ``meta``: a JSON document -- the optimizer's hyperparameters and scheduler
-  description, the package/jax/flax/orbax versions, the metrics and the user's
-  ``extra`` dict (e.g. the data loader's position). No pickle anywhere
-  (:mod:`nnx_momentum.checkpoint.metadata`);
+  description, the package/jax/flax/orbax versions, the metrics, the user's
+  ``extra`` dict (e.g. the data loader's position) and each array's shape and
+  dtype. No pickle anywhere (:mod:`nnx_momentum.checkpoint.metadata`);
 - ``metrics``: orbax's own item, when retention ranks by a ``best_metric``.
 
 The root is a local folder or a ``gs://`` URL (:mod:`nnx_momentum.checkpoint.location`).
@@ -19,9 +21,9 @@ The root is a local folder or a ``gs://`` URL (:mod:`nnx_momentum.checkpoint.loc
 8 devices restores onto 2, 1 or a CPU, and objects built by ``nnx.eval_shape``
 (no arrays yet) come back concrete (:mod:`nnx_momentum.checkpoint.targets`).
 Everything is validated against the checkpoint's metadata before a single
-array is read, the arrays are restored into fresh buffers, and only then
-written into the live Variables: a mismatch raises ``ValueError`` and leaves
-the model and the optimizer untouched.
+array is read, the arrays are restored into fresh buffers (both items in one
+orbax call), and only then written into the live Variables: a mismatch raises
+``ValueError`` and leaves the model and the optimizer untouched.
 """
 
 from __future__ import annotations
@@ -113,8 +115,7 @@ class Checkpointer:
             self._root,
             options=manager_options(self.options, self._root),
             item_handlers={
-                "model": ocp.StandardCheckpointHandler(),
-                "optimizer": ocp.StandardCheckpointHandler(),
+                **{item: items.array_handler() for item in items.ARRAY_ITEMS},
                 "meta": ocp.JsonCheckpointHandler(),
             },
         )
@@ -302,6 +303,10 @@ class Checkpointer:
             "model": targets.live_variables(nnx.state(model), "model"),
             "optimizer": targets.live_variables(targets.optimizer_state(optimizer), "optimizer"),
         }
+        values = {
+            item: {k: targets.host_value(v.get_value()) for k, v in variables.items()}
+            for item, variables in live.items()
+        }
         meta = metadata.meta_item(
             step,
             model,
@@ -312,16 +317,12 @@ class Checkpointer:
                 item: [k for k, v in variables.items() if targets.is_key(v.get_value())]
                 for item, variables in live.items()
             },
+            arrays={item: items.array_layout(flat) for item, flat in values.items()},
         )
-        arrays = {
-            item: ocp.args.StandardSave(
-                targets.nest_paths(
-                    {k: targets.host_value(v.get_value()) for k, v in variables.items()}
-                )
-            )
-            for item, variables in live.items()
-        }
-        args = ocp.args.Composite(**arrays, meta=ocp.args.JsonSave(meta))
+        args = ocp.args.Composite(
+            **{item: items.save_args(targets.nest_paths(flat)) for item, flat in values.items()},
+            meta=ocp.args.JsonSave(meta),
+        )
         try:
             saved = bool(self._manager.save(step, args=args, metrics=metrics, force=True))
         except Exception as e:
@@ -399,18 +400,15 @@ class Checkpointer:
                 targets.optimizer_state(optimizer), "optimizer"
             )
         names = [item for item in items.ARRAY_ITEMS if item in live]
-        saved_meta = items.array_metadata(self._manager, step, names, self.directory)
+        saved = items.saved_arrays(self._manager, step, names, meta, self.directory)
         wanted = {}
         for item in names:
             saved_keys = set(meta.get("prng_keys", {}).get(item, []))
             wanted[item] = targets.validated_targets(
-                item, step, live[item], targets.flatten_saved(saved_meta[item]), saved_keys
+                item, step, live[item], saved[item], saved_keys
             )
-        # Read everything into fresh arrays first ...
-        restored = {
-            item: items.read_arrays(self._manager, step, item, wanted[item], self.directory)
-            for item in names
-        }
+        # Read everything into fresh arrays first (one orbax call) ...
+        restored = items.read_arrays(self._manager, step, wanted, self.directory)
         # ... and only then write into the live Variables.
         for item in names:
             targets.write_back(live[item], restored[item])

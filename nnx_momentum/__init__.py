@@ -10,6 +10,7 @@ The public names, re-exported from one module per concept:
 - ``train_step``: :func:`make_train_step`, the fast compiled step;
 - ``checkpoint``: :class:`Checkpointer`, orbax checkpoint and exact resume;
 - ``groups``: :class:`ParamGroup`, per-group hyperparameters;
+- ``sharding``: the ZeRO-1 layout behind ``shard_state_over=``;
 - ``learning_rate``: :class:`OptaxSchedule`, what an optimizer's ``lr`` becomes.
 """
 

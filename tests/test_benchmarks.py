@@ -18,6 +18,7 @@ SECTIONS = (
     "3. Memory",
     "4. Checkpoints",
     "5. Scaling",
+    "6. Sharded optimizer state",
 )
 
 
@@ -33,7 +34,7 @@ def test_help_documents_every_benchmark() -> None:
         [sys.executable, RUN, "--help"], env=_env(), capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr
-    for name in ("overhead", "bandwidth", "memory", "checkpoint", "scaling", "--smoke"):
+    for name in ("overhead", "bandwidth", "memory", "checkpoint", "scaling", "sharding", "--smoke"):
         assert name in out.stdout
 
 

@@ -4,18 +4,22 @@ The state (model + optimizer velocity, 128 MB) is written to the same disk by:
 
 - ``nm.Checkpointer``: a synchronous save, an asynchronous one (how long ``save``
   blocks the training loop, and how long until it is committed), and ``restore``
-  into the live objects;
-- a bare orbax ``CheckpointManager`` with the same items and handler
-  (``StandardCheckpointHandler``: OCDBT, zarr2, zstd) -- what the Checkpointer
-  costs over orbax itself;
+  into the live objects (until the arrays are ready);
+- a bare orbax ``CheckpointManager`` with the same two array items and the
+  Checkpointer's settings (``PyTreeCheckpointHandler(use_zarr3=True,
+  use_compression=False)``, OCDBT: ``nnx_momentum.checkpoint.items.array_handler``)
+  -- what the Checkpointer costs over orbax itself (the target: <= 1.05x);
+- the same with orbax's default settings (``StandardCheckpointHandler``: OCDBT,
+  zarr2, zstd; what the Checkpointer wrote up to 0.2.0);
 - ``np.save`` / ``np.load`` of every array (the plain-file floor);
-- bare orbax with other settings (compression, OCDBT, zarr3, concurrency and
-  OCDBT file/chunk sizes), on this state and on one of many small leaves, all
+- bare orbax with other settings (compression, OCDBT, zarr3, concurrency limits
+  and OCDBT file/chunk sizes), on this state and on one of many small leaves, all
   restored by a plain ``StandardCheckpointHandler`` to check they stay readable.
 
-Every candidate runs in interleaved repeats (A B C ... A B C ...) and the best
-repeat counts. No side calls fsync: all measure writes into the page cache plus
-whatever the kernel flushes meanwhile, as a training loop sees them.
+Every candidate runs in interleaved repeats (A B C ... then B C ... A ...: the order
+rotates, so no candidate always follows the same one) and the best repeat counts.
+No side calls fsync: all measure writes into the page cache plus whatever the
+kernel flushes meanwhile, as a training loop sees them.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -35,10 +40,12 @@ from flax import nnx
 
 import nnx_momentum as nm
 from benchmarks._common import MLP, check, fmt, n_params
-from nnx_momentum.checkpoint import Checkpointer
+from nnx_momentum.checkpoint import Checkpointer, items, targets
 
 MB = 2**20
-DEFAULT = "orbax default: OCDBT, zarr2, zstd (the Checkpointer's)"
+DEFAULT = "orbax default: OCDBT, zarr2, zstd (the Checkpointer's up to 0.2.0)"
+OURS = "use_zarr3=True, use_compression=False, OCDBT (the Checkpointer's)"
+TARGET = 1.05  # Checkpointer vs bare orbax with the same settings, save and restore
 
 
 def _arrays(model: Any, opt: Any) -> list[np.ndarray]:
@@ -68,12 +75,15 @@ class _Orbax:
     """A bare ``CheckpointManager`` (synchronous) writing ``items`` with one setting."""
 
     def __init__(self, directory: str, setting: dict[str, Any], items: dict[str, Any]) -> None:
-        self.pytree = setting.get("pytree", False)
+        factory = setting.get("factory")
+        self.pytree = setting.get("pytree", factory is not None)
         handler_kw = setting.get("handler", {})
         self.save_kw = dict(setting.get("save", {}))
         chunk = self.save_kw.pop("chunk_byte_size", None)
 
         def handler() -> Any:
+            if factory is not None:
+                return factory()
             if self.pytree:
                 return ocp.PyTreeCheckpointHandler(**handler_kw)
             return ocp.StandardCheckpointHandler(**handler_kw)
@@ -147,36 +157,42 @@ class _Orbax:
         self.manager.close()
 
 
+_NO_ZSTD = {"use_compression": False}
+_ZARR3 = {"use_zarr3": True, "use_compression": False}
 SETTINGS: dict[str, dict[str, Any]] = {
     DEFAULT: {},
-    "use_compression=False (OCDBT, zarr2)": {
-        "pytree": True,
-        "handler": {"use_compression": False},
-    },
-    "use_zarr3=True, use_compression=False (OCDBT)": {
-        "pytree": True,
-        "handler": {"use_zarr3": True, "use_compression": False},
-    },
+    OURS: {"factory": items.array_handler},
+    "use_compression=False (OCDBT, zarr2)": {"pytree": True, "handler": _NO_ZSTD},
+    "use_zarr3=True, zstd (OCDBT)": {"pytree": True, "handler": {"use_zarr3": True}},
     "zarr3, no compression, 16 MB OCDBT files and chunks": {
         "pytree": True,
-        "handler": {"use_zarr3": True, "use_compression": False},
+        "handler": _ZARR3,
         "save": {"ocdbt_target_data_file_size": 16 * MB, "chunk_byte_size": 16 * MB},
     },
-    "use_ocdbt=False (zarr2, zstd)": {"handler": {"use_ocdbt": False}},
-    "use_ocdbt=False, use_compression=False": {
+    "zarr3, no compression, 2 MB chunks": {
         "pytree": True,
-        "handler": {"use_ocdbt": False, "use_compression": False},
+        "handler": _ZARR3,
+        "save": {"chunk_byte_size": 2 * MB},
     },
-    "no compression, save/restore_concurrent_gb=1": {
+    "zarr3, no compression, save/restore_concurrent_gb=1": {
         "pytree": True,
-        "handler": {"use_compression": False, "save_concurrent_gb": 1, "restore_concurrent_gb": 1},
+        "handler": {**_ZARR3, "save_concurrent_gb": 1, "restore_concurrent_gb": 1},
+    },
+    "use_ocdbt=False (zarr2, zstd)": {"handler": {"use_ocdbt": False}},
+    "use_ocdbt=False, use_compression=False (zarr2)": {
+        "pytree": True,
+        "handler": {"use_ocdbt": False, **_NO_ZSTD},
+    },
+    "use_ocdbt=False, zarr3, no compression": {
+        "pytree": True,
+        "handler": {"use_ocdbt": False, **_ZARR3},
     },
 }
 MANY_LEAVES = (
     DEFAULT,
+    OURS,
     "use_compression=False (OCDBT, zarr2)",
-    "use_zarr3=True, use_compression=False (OCDBT)",
-    "use_ocdbt=False, use_compression=False",
+    "use_ocdbt=False, use_compression=False (zarr2)",
 )
 
 
@@ -189,6 +205,14 @@ def _state(sizes: list[int]) -> tuple[Any, Any]:
     return model, opt
 
 
+def _rotated(runners: list[Callable[[], None]], repeats: int) -> None:
+    """Runs every runner ``repeats`` times, interleaved, starting one later each repeat."""
+    for r in range(repeats):
+        k = r % len(runners)
+        for run in runners[k:] + runners[:k]:
+            run()
+
+
 def _sweep(
     root: str, label: str, items: dict[str, Any], names: tuple[str, ...], repeats: int
 ) -> list[dict[str, Any]]:
@@ -198,14 +222,22 @@ def _sweep(
         for i, name in enumerate(names)
     }
     times: dict[str, list[list[float]]] = {name: [[], []] for name in names}
+    steps = dict.fromkeys(names, 0)
+
+    def runner(name: str) -> Callable[[], None]:
+        def run() -> None:
+            steps[name] += 1
+            w = writers[name]
+            times[name][0].append(_timed(functools.partial(w.save, steps[name])))
+            times[name][1].append(_timed(functools.partial(w.restore, steps[name])))
+
+        return run
+
     try:
-        for r in range(repeats):
-            for name, w in writers.items():
-                times[name][0].append(_timed(functools.partial(w.save, r + 1)))
-                times[name][1].append(_timed(functools.partial(w.restore, r + 1)))
+        _rotated([runner(name) for name in names], repeats)
         out = []
         for name, w in writers.items():
-            size, files = _du(os.path.join(w.directory, str(repeats)))
+            size, files = _du(os.path.join(w.directory, str(steps[name])))
             out.append(
                 {
                     "setting": name,
@@ -213,7 +245,7 @@ def _sweep(
                     "restore": min(times[name][1]),
                     "bytes": size,
                     "files": files,
-                    "readable": w.readable_by_plain_orbax(repeats),
+                    "readable": w.readable_by_plain_orbax(steps[name]),
                 }
             )
         return out
@@ -222,126 +254,200 @@ def _sweep(
             w.close()
 
 
+def _compare(
+    root: str, model: Any, opt: Any, items: dict[str, Any], repeats: int
+) -> dict[str, float]:
+    """Best-of-``repeats`` seconds of each operation on the same state, interleaved.
+
+    Also ``'<op> paired'``: the median over repeats of the Checkpointer's save (restore)
+    time over bare orbax's, same settings, in the same repeat.
+    """
+    names = (
+        "np.save",
+        "np.load",
+        "sync save",
+        "async blocking",
+        "async total",
+        "restore",
+        "orbax save",
+        "orbax restore",
+        "default save",
+        "default restore",
+    )
+    times: dict[str, list[float]] = {k: [] for k in names}
+    np_dir = os.path.join(root, "np")
+    bare = _Orbax(os.path.join(root, "orbax"), SETTINGS[OURS], items)
+    default = _Orbax(os.path.join(root, "default"), SETTINGS[DEFAULT], items)
+    live = [  # the Variables a restore writes into
+        *targets.live_variables(nnx.state(model), "model").values(),
+        *targets.live_variables(targets.optimizer_state(opt), "optimizer").values(),
+    ]
+    steps = {"np": 0, "bare": 0, "default": 0, "ckpt": 0, "async": 0}
+    with (
+        Checkpointer(os.path.join(root, "sync"), async_save=False, max_to_keep=1) as sync,
+        Checkpointer(os.path.join(root, "async"), async_save=True, max_to_keep=1) as asyn,
+    ):
+
+        def files() -> None:
+            shutil.rmtree(np_dir, ignore_errors=True)
+            os.makedirs(np_dir)
+
+            def np_save() -> None:
+                for i, a in enumerate(_arrays(model, opt)):
+                    np.save(os.path.join(np_dir, f"{i}.npy"), a)
+
+            def np_load() -> None:
+                for f in sorted(os.listdir(np_dir)):
+                    np.load(os.path.join(np_dir, f))
+
+            times["np.save"].append(_timed(np_save))
+            times["np.load"].append(_timed(np_load))
+
+        def orbax(writer: _Orbax, key: str, prefix: str) -> Callable[[], None]:
+            def run() -> None:
+                steps[key] += 1
+                times[f"{prefix} save"].append(_timed(functools.partial(writer.save, steps[key])))
+                times[f"{prefix} restore"].append(
+                    _timed(functools.partial(writer.restore, steps[key]))
+                )
+
+            return run
+
+        def ours() -> None:
+            steps["ckpt"] += 1
+            step = steps["ckpt"]
+
+            def restore() -> None:
+                sync.restore(model, opt, step=step)
+                # as bare orbax's restore: until the arrays are ready
+                jax.block_until_ready([v.get_value() for v in live])
+
+            # As for bare orbax: the restore reads the step just written, so both find
+            # it in the page cache alike (the kernel reclaims cold pages here).
+            times["sync save"].append(_timed(functools.partial(sync.save, step, model, opt)))
+            times["restore"].append(_timed(restore))
+
+        def ours_async() -> None:
+            # Its own turn in the rotation: its writes land next to no one candidate always.
+            steps["async"] += 1
+            t0 = time.perf_counter()
+            asyn.save(steps["async"], model, opt)
+            times["async blocking"].append(time.perf_counter() - t0)
+            asyn.wait_until_finished()
+            times["async total"].append(time.perf_counter() - t0)
+
+        try:
+            _rotated(
+                [
+                    files,
+                    orbax(bare, "bare", "orbax"),
+                    ours,
+                    ours_async,
+                    orbax(default, "default", "default"),
+                ],
+                repeats,
+            )
+        finally:
+            bare.close()
+            default.close()
+    out = {k: min(v) for k, v in times.items()}
+    out["on disk"] = _du(os.path.join(root, "sync", str(steps["ckpt"])))[0]
+    # Each repeat's Checkpointer time over bare orbax's of the same repeat (run next to
+    # each other): the median of these shows how far the min ratio is from noise.
+    for ours, bare_key in (("sync save", "orbax save"), ("restore", "orbax restore")):
+        out[f"{ours} paired"] = statistics.median(
+            a / b for a, b in zip(times[ours], times[bare_key], strict=True)
+        )
+    return out
+
+
 def run(smoke: bool) -> dict[str, Any]:
     sizes = [16, 32, 10] if smoke else [2048, 4096, 2048]
     many_sizes = [16] * 5 if smoke else [512] * 65  # 64 layers: 256 arrays, 128 MB
-    repeats = 2 if smoke else 5
+    repeats = 2 if smoke else 25
+    sweep_repeats, many_repeats = (2, 2) if smoke else (7, 5)
     model, opt = _state(sizes)
     items = _items(model, opt)
     n_bytes = sum(a.nbytes for a in _arrays(model, opt))
     root = tempfile.mkdtemp(prefix="nnx_momentum_bench_ckpt_")
-    times: dict[str, list[float]] = {
-        k: []
-        for k in (
-            "np.save",
-            "np.load",
-            "sync save",
-            "async blocking",
-            "async total",
-            "restore",
-            "orbax save",
-            "orbax restore",
-        )
-    }
     try:
-        sync_dir, async_dir, np_dir = (os.path.join(root, d) for d in ("sync", "async", "np"))
-        bare = _Orbax(os.path.join(root, "orbax"), SETTINGS[DEFAULT], items)
-        with (
-            Checkpointer(sync_dir, async_save=False, max_to_keep=2) as sync,
-            Checkpointer(async_dir, async_save=True, max_to_keep=2) as asyn,
-        ):
-            for r in range(repeats):
-                step = r + 1
-                shutil.rmtree(np_dir, ignore_errors=True)
-                os.makedirs(np_dir)
-
-                def np_save() -> None:
-                    for i, a in enumerate(_arrays(model, opt)):
-                        np.save(os.path.join(np_dir, f"{i}.npy"), a)
-
-                times["np.save"].append(_timed(np_save))
-                times["np.load"].append(
-                    _timed(
-                        lambda: [
-                            np.load(os.path.join(np_dir, f)) for f in sorted(os.listdir(np_dir))
-                        ]
-                    )
-                )
-                times["orbax save"].append(_timed(functools.partial(bare.save, step)))
-                times["orbax restore"].append(_timed(functools.partial(bare.restore, step)))
-                times["sync save"].append(_timed(functools.partial(sync.save, step, model, opt)))
-                t0 = time.perf_counter()
-                asyn.save(step, model, opt)
-                times["async blocking"].append(time.perf_counter() - t0)
-                asyn.wait_until_finished()
-                times["async total"].append(time.perf_counter() - t0)
-                times["restore"].append(
-                    _timed(functools.partial(sync.restore, model, opt, step=step))
-                )
-        bare.close()
-        on_disk = _du(os.path.join(sync_dir, str(repeats)))[0]
-        sweep = _sweep(root, "few", items, tuple(SETTINGS), repeats)
+        t = _compare(root, model, opt, items, repeats)
+        sweep = _sweep(root, "few", items, tuple(SETTINGS), sweep_repeats)
         many_model, many_opt = _state(many_sizes)
         many_items = _items(many_model, many_opt)
         many_bytes = sum(a.nbytes for a in _arrays(many_model, many_opt))
         many_arrays = len(_arrays(many_model, many_opt))
-        many = _sweep(root, "many", many_items, MANY_LEAVES, max(2, repeats - 2))
+        many = _sweep(root, "many", many_items, MANY_LEAVES, many_repeats)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    t = {k: min(v) for k, v in times.items()}
+    on_disk = t["on disk"]
     mb = n_bytes / MB
     n_arrays = len(_arrays(model, opt))
+
+    def row(label: str, key: str, floor: str, same: str | None, dflt: str | None) -> list[str]:
+        seconds = t[key]
+        return [
+            label,
+            fmt(seconds * 1e3),
+            "" if key == "async blocking" else fmt(mb / seconds),
+            fmt(seconds / t[floor]),
+            "" if same is None else fmt(seconds / t[same]),
+            "" if dflt is None else fmt(seconds / t[dflt]),
+        ]
+
     rows = [
-        [
-            "np.save, one .npy per array (floor)",
-            fmt(t["np.save"] * 1e3),
-            fmt(mb / t["np.save"]),
-            "1",
-            "",
-        ],
-        [
-            "bare orbax CheckpointManager save (default settings)",
-            fmt(t["orbax save"] * 1e3),
-            fmt(mb / t["orbax save"]),
-            fmt(t["orbax save"] / t["np.save"]),
-            "1",
-        ],
-        [
-            "Checkpointer.save, synchronous",
-            fmt(t["sync save"] * 1e3),
-            fmt(mb / t["sync save"]),
-            fmt(t["sync save"] / t["np.save"]),
-            fmt(t["sync save"] / t["orbax save"]),
-        ],
-        [
+        row("np.save, one .npy per array (floor)", "np.save", "np.save", None, None),
+        row(
+            "bare orbax CheckpointManager save, default settings (OCDBT, zarr2, zstd)",
+            "default save",
+            "np.save",
+            None,
+            "default save",
+        ),
+        row(
+            "bare orbax CheckpointManager save, the Checkpointer's settings",
+            "orbax save",
+            "np.save",
+            "orbax save",
+            "default save",
+        ),
+        row("Checkpointer.save, synchronous", "sync save", "np.save", "orbax save", "default save"),
+        row(
             "Checkpointer.save, async: time save() blocks",
-            fmt(t["async blocking"] * 1e3),
-            "",
-            fmt(t["async blocking"] / t["np.save"]),
-            fmt(t["async blocking"] / t["orbax save"]),
-        ],
-        [
+            "async blocking",
+            "np.save",
+            "orbax save",
+            "default save",
+        ),
+        row(
             "Checkpointer.save, async: until committed",
-            fmt(t["async total"] * 1e3),
-            fmt(mb / t["async total"]),
-            fmt(t["async total"] / t["np.save"]),
-            fmt(t["async total"] / t["orbax save"]),
-        ],
-        ["np.load (floor)", fmt(t["np.load"] * 1e3), fmt(mb / t["np.load"]), "", ""],
-        [
-            "bare orbax CheckpointManager restore (default settings)",
-            fmt(t["orbax restore"] * 1e3),
-            fmt(mb / t["orbax restore"]),
-            f"{fmt(t['orbax restore'] / t['np.load'])} x np.load",
-            "1",
-        ],
-        [
+            "async total",
+            "np.save",
+            "orbax save",
+            "default save",
+        ),
+        row("np.load (floor)", "np.load", "np.load", None, None),
+        row(
+            "bare orbax CheckpointManager restore, default settings",
+            "default restore",
+            "np.load",
+            None,
+            "default restore",
+        ),
+        row(
+            "bare orbax CheckpointManager restore, the Checkpointer's settings",
+            "orbax restore",
+            "np.load",
+            "orbax restore",
+            "default restore",
+        ),
+        row(
             "Checkpointer.restore (into the live model + optimizer)",
-            fmt(t["restore"] * 1e3),
-            fmt(mb / t["restore"]),
-            f"{fmt(t['restore'] / t['np.load'])} x np.load",
-            fmt(t["restore"] / t["orbax restore"]),
-        ],
+            "restore",
+            "np.load",
+            "orbax restore",
+            "default restore",
+        ),
     ]
     base = {res["setting"]: res for res in sweep}[DEFAULT]
     many_base = {res["setting"]: res for res in many}[DEFAULT]
@@ -365,7 +471,10 @@ def run(smoke: bool) -> dict[str, Any]:
                 ]
             )
     fastest = min(sweep, key=lambda res: float(res["save"] + res["restore"]))
+    ours = {res["setting"]: res for res in sweep}[OURS]
     blocking = t["async blocking"] / t["sync save"]
+    save_ratio = t["sync save"] / t["orbax save"]
+    restore_ratio = t["restore"] / t["orbax restore"]
     checks = [
         check(
             "async save: time the loop is blocked vs a synchronous save",
@@ -374,15 +483,22 @@ def run(smoke: bool) -> dict[str, Any]:
             blocking <= 0.10,
         ),
         check(
-            "Checkpointer sync save vs bare orbax save of the same arrays (same settings)",
-            "reported (~1x)",
-            f"{t['sync save'] / t['orbax save']:.2f}x",
-            None,
+            "Checkpointer sync save vs bare orbax save of the same arrays, same settings",
+            f"<= {TARGET}x",
+            f"{save_ratio:.2f}x (median of paired repeats {t['sync save paired']:.2f}x)",
+            None if smoke else save_ratio <= TARGET,
         ),
         check(
-            "Checkpointer restore vs bare orbax restore of the same arrays",
-            "reported (~1x)",
-            f"{t['restore'] / t['orbax restore']:.2f}x",
+            "Checkpointer restore vs bare orbax restore of the same arrays, same settings",
+            f"<= {TARGET}x",
+            f"{restore_ratio:.2f}x (median of paired repeats {t['restore paired']:.2f}x)",
+            None if smoke else restore_ratio <= TARGET,
+        ),
+        check(
+            "Checkpointer sync save / restore vs bare orbax with its default settings",
+            "reported (< 1x: the settings)",
+            f"{t['sync save'] / t['default save']:.2f}x / "
+            f"{t['restore'] / t['default restore']:.2f}x",
             None,
         ),
         check(
@@ -395,7 +511,8 @@ def run(smoke: bool) -> dict[str, Any]:
             f"fastest orbax setting here ({n_arrays} arrays), save + restore vs the default",
             "reported",
             f"{fastest['setting']}: {fastest['save'] / base['save']:.2f}x save, "
-            f"{fastest['restore'] / base['restore']:.2f}x restore",
+            f"{fastest['restore'] / base['restore']:.2f}x restore (the Checkpointer's: "
+            f"{ours['save'] / base['save']:.2f}x / {ours['restore'] / base['restore']:.2f}x)",
             None,
         ),
     ]
@@ -403,17 +520,28 @@ def run(smoke: bool) -> dict[str, Any]:
         f"State: MLP {'-'.join(map(str, sizes))} ({n_params(model):,} params) + MomentumOptimizer "
         f"(velocity, step, schedule) = {fmt(mb)} MB in {n_arrays} arrays "
         f"({fmt(on_disk / MB)} MB on disk per Checkpointer step); best of {repeats} interleaved "
-        f"repeats; one temporary directory on the same disk for every writer "
-        f"({tempfile.gettempdir()}). Last column: time relative to the bare orbax default.",
+        f"repeats (the settings table: {sweep_repeats}, and {many_repeats} with many "
+        f"leaves); one temporary directory on the same disk for every writer "
+        f"({tempfile.gettempdir()}). 'x np.save' is 'x np.load' for the restores. Each restore "
+        "reads the step just written (page cache) and ends when the arrays are ready.",
+        "The Checkpointer writes its array items with the settings of the bare orbax row "
+        "'the Checkpointer's settings' (nnx_momentum.checkpoint.items.array_handler), plus a "
+        "JSON item and a commit file. Its restore reads the JSON item (which lists every "
+        "array's shape and dtype, so no orbax metadata is read to validate), then both array "
+        "items in one orbax call, as the bare restore does; what is left over orbax is "
+        "building the targets from the live Variables and writing the arrays back "
+        "(~1-2 ms).",
         f"Settings: bare orbax CheckpointManager, synchronous, the same two items; the "
         f"'{many_arrays} arrays' rows use an MLP of {len(many_sizes) - 1} layers of "
         f"{many_sizes[0]}x{many_sizes[0]} ({fmt(many_bytes / MB)} MB). PyTreeCheckpointHandler "
-        "takes use_compression (StandardCheckpointHandler does not); 'readable by plain orbax' "
-        "means a default StandardCheckpointHandler restored the step bit for bit (the format "
-        "is recorded in the checkpoint's metadata, so readers need no setting).",
+        "takes use_zarr3 and use_compression (StandardCheckpointHandler does not); 'readable "
+        "by plain orbax' means a default StandardCheckpointHandler restored the step bit for "
+        "bit (the format is recorded in the checkpoint's metadata, so readers need no "
+        "setting). save/restore_concurrent_gb take whole GB (1 is the least), which this "
+        f"{fmt(mb)} MB state never reaches: that row shows the limiter's own cost only.",
         "f32 optimizer state barely compresses (zstd saves ~8% here) while compressing it "
-        "costs CPU on every save; OCDBT keeps the file count flat, which matters with many "
-        "leaves (one directory per array without it).",
+        "costs CPU on every save and restore; OCDBT keeps the file count flat, which matters "
+        "with many leaves (one directory per array without it).",
     ]
     if smoke:
         notes.append(
@@ -421,7 +549,14 @@ def run(smoke: bool) -> dict[str, Any]:
         )
     return {
         "title": "4. Checkpoints (save/restore vs bare orbax and plain files; orbax settings)",
-        "columns": ["operation", "ms (min)", "MB/s", "x np.save", "x bare orbax"],
+        "columns": [
+            "operation",
+            "ms (min)",
+            "MB/s",
+            "x np.save (np.load)",
+            "x bare orbax, same settings",
+            "x bare orbax, default settings",
+        ],
         "rows": rows,
         "notes": notes,
         "checks": checks,

@@ -36,7 +36,7 @@ FLAX_DEFAULT = "nnx.Optimizer(optax.sgd) + @nnx.jit (flax default)"
 MTS_OPT = "nm.make_train_step + nm.MomentumOptimizer"
 MTS_FACE = "nm.make_train_step + nm.Momentum (braintools face)"
 FLOOR = "pure jax.jit + optax.sgd, donated, params as dicts (floor)"
-SAME_STATE = "pure jax.jit + nm.momentum + a step counter, donated (make_train_step's state)"
+SAME_STATE = "pure jax.jit + nm.momentum + a step counter, scalars kept (make_train_step's state)"
 
 
 def _nm_step(face: str) -> Callable[[int], Any]:
@@ -105,38 +105,68 @@ def _pure_step_for(
     With ``pure_dict`` the params are plain nested dicts of arrays; without, they
     stay an ``nnx.State`` of Variables, whose Python-side pytree flattening is
     paid on every call. With ``step_counter`` the state also holds a uint32
-    update count, as ``nnx.Optimizer``'s ``step``.
+    update count, as ``nnx.Optimizer``'s ``step``, and its scalars are passed, not
+    donated, as ``make_train_step`` passes them.
     """
     model = MLP(sizes, rngs=nnx.Rngs(0))
     graphdef, split = nnx.split(model, nnx.Param)
     params: Any = nnx.to_pure_dict(split) if pure_dict else split
     opt_state = tx.init(params)
-    state = [params, (opt_state, jnp.zeros((), jnp.uint32)) if step_counter else opt_state]
+    x, y = batch(sizes, batch_size)
 
-    def train_step(params: Any, opt_state: Any, x: jax.Array, y: jax.Array) -> Any:
+    def update(params: Any, opt_state: Any, x: jax.Array, y: jax.Array) -> Any:
         def loss_fn(p: Any) -> jax.Array:
             return mse(nnx.merge(graphdef, nnx.State(p) if pure_dict else p), x, y)
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
-        if step_counter:
-            inner, count = opt_state
-            updates, inner = tx.update(grads, inner, params)
-            opt_state = (inner, count + 1)
-        else:
-            updates, opt_state = tx.update(grads, opt_state, params)
+        updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    step = jax.jit(train_step, donate_argnums=(0, 1))
-    x, y = batch(sizes, batch_size)
+    if step_counter:
+        # As make_train_step: array leaves donated, scalars (optax's count and LR, the
+        # counter) passed; unchanged ones (the LR) come back as their input.
+        leaves, treedef = jax.tree.flatten((params, opt_state))
+        is_scalar = [leaf.ndim == 0 for leaf in leaves]
 
-    def run(n: int) -> None:
-        p, s = state
+        def counted(arrays: list[Any], scalars: list[Any], count: Any, x: Any, y: Any) -> Any:
+            a, sc = iter(arrays), iter(scalars)
+            p, s = jax.tree.unflatten(treedef, [next(sc) if k else next(a) for k in is_scalar])
+            p, s, loss = update(p, s, x, y)
+            new = jax.tree.leaves((p, s))
+            return (
+                [n for n, k in zip(new, is_scalar, strict=True) if not k],
+                [n for n, k in zip(new, is_scalar, strict=True) if k],
+                count + 1,
+                loss,
+            )
+
+        counted_step = jax.jit(counted, donate_argnums=0)
+        state = [
+            [leaf for leaf, k in zip(leaves, is_scalar, strict=True) if not k],
+            [leaf for leaf, k in zip(leaves, is_scalar, strict=True) if k],
+            jnp.zeros((), jnp.uint32),
+        ]
+
+        def run(n: int) -> None:
+            a, sc, c = state
+            for _ in range(n):
+                a, sc, c, loss = counted_step(a, sc, c, x, y)
+            state[:] = [a, sc, c]
+            jax.block_until_ready(loss)
+
+        return run
+
+    step = jax.jit(update, donate_argnums=(0, 1))
+    pair = [params, opt_state]
+
+    def run_floor(n: int) -> None:
+        p, s = pair
         for _ in range(n):
             p, s, loss = step(p, s, x, y)
-        state[:] = [p, s]
+        pair[:] = [p, s]
         jax.block_until_ready(loss)
 
-    return run
+    return run_floor
 
 
 def _braintools_step() -> Callable[[int], Any] | None:

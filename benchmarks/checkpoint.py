@@ -10,7 +10,7 @@ The state (model + optimizer velocity, 128 MB) is written to the same disk by:
   use_compression=False)``, OCDBT: ``nnx_momentum.checkpoint.items.array_handler``)
   -- what the Checkpointer costs over orbax itself (the target: <= 1.05x);
 - the same with orbax's default settings (``StandardCheckpointHandler``: OCDBT,
-  zarr2, zstd; what the Checkpointer wrote up to 0.2.0);
+  zarr2, zstd; what the Checkpointer wrote in 0.1);
 - ``np.save`` / ``np.load`` of every array (the plain-file floor);
 - bare orbax with other settings (compression, OCDBT, zarr3, concurrency limits
   and OCDBT file/chunk sizes), on this state and on one of many small leaves, all
@@ -43,7 +43,7 @@ from benchmarks._common import MLP, check, fmt, n_params
 from nnx_momentum.checkpoint import Checkpointer, items, targets
 
 MB = 2**20
-DEFAULT = "orbax default: OCDBT, zarr2, zstd (the Checkpointer's up to 0.2.0)"
+DEFAULT = "orbax default: OCDBT, zarr2, zstd (the Checkpointer's in 0.1)"
 OURS = "use_zarr3=True, use_compression=False, OCDBT (the Checkpointer's)"
 TARGET = 1.05  # Checkpointer vs bare orbax with the same settings, save and restore
 

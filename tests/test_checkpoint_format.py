@@ -3,9 +3,9 @@
 nnx_momentum.checkpoint.items: ``model`` and ``optimizer`` are written by orbax's
 ``PyTreeCheckpointHandler`` with ``use_zarr3=True, use_compression=False`` (OCDBT kept),
 the fastest setting in ``benchmarks/checkpoint.py``. A checkpoint written so is read by
-orbax alone -- a ``CheckpointManager`` with the handlers a 0.2.0 user registered, a
+orbax alone -- a ``CheckpointManager`` with the handlers a 0.1 user registered, a
 ``StandardCheckpointer`` or a ``PyTreeCheckpointer`` -- bit for bit; one written with
-orbax's defaults (zarr2, zstd: nnx_momentum 0.2.0 and earlier) restores next to new steps
+orbax's defaults (zarr2, zstd: nnx_momentum 0.1) restores next to new steps
 in the same directory. A restore validates from the JSON item's ``arrays`` and reads both
 array items in one orbax call; for an old step it falls back to orbax's metadata.
 """
@@ -89,7 +89,7 @@ def test_new_checkpoints_are_readable_by_plain_orbax(tmp_path, async_save):
     want = common.flat_arrays(model, opt)
     want_model, want_opt = _nest(want, "model"), _nest(want, "opt")
 
-    # 1. A CheckpointManager with the handlers a 0.2.0 user registered.
+    # 1. A CheckpointManager with the handlers a 0.1 user registered.
     handlers = {
         "model": ocp.StandardCheckpointHandler(),
         "optimizer": ocp.StandardCheckpointHandler(),

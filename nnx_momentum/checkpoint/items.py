@@ -191,8 +191,8 @@ def saved_arrays(
     """``{item: {path: leaf with .shape and .dtype}}`` of the array ``items``; no data read.
 
     From the JSON item's ``arrays`` (no orbax call at all); for a checkpoint
-    written before the JSON item listed them (nnx_momentum 0.2.0 and
-    earlier), from orbax's item metadata.
+    written before the JSON item listed them (nnx_momentum 0.1), from
+    orbax's item metadata.
 
     Args:
       manager: the open orbax manager.

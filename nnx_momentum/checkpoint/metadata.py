@@ -13,7 +13,7 @@ document (no pickle anywhere)::
 checks against the live optimizer before a restore. ``arrays`` gives the shape
 and dtype of every saved array, ``{item: {path: {"shape", "dtype"}}}``, so a
 restore validates the live objects without asking orbax for its metadata
-(absent from checkpoints of nnx_momentum 0.2.0 and earlier, which a restore
+(absent from checkpoints of nnx_momentum 0.1, which a restore
 still reads: :func:`nnx_momentum.checkpoint.items.saved_arrays`).
 """
 

@@ -361,6 +361,52 @@ def _compare(
     return out
 
 
+def _head_to_head(
+    root: str, model: Any, opt: Any, items: dict[str, Any], repeats: int
+) -> dict[str, float]:
+    """The Checkpointer against bare orbax with its settings, alone: A then B, B then A, ...
+
+    Nothing else runs between them (in :func:`_compare` the other writers' dirty pages
+    land on whoever runs next). Returns each operation's best-of-``repeats`` ratio
+    (``'save'``, ``'restore'``) and the median of the per-repeat ratios (``'... paired'``).
+    """
+    bare = _Orbax(os.path.join(root, "h2h-orbax"), SETTINGS[OURS], items)
+    live = [
+        *targets.live_variables(nnx.state(model), "model").values(),
+        *targets.live_variables(targets.optimizer_state(opt), "optimizer").values(),
+    ]
+    times: dict[str, list[float]] = {
+        k: [] for k in ("ours save", "ours restore", "save", "restore")
+    }
+    with Checkpointer(os.path.join(root, "h2h"), async_save=False, max_to_keep=1) as ckpt:
+
+        def ours(step: int) -> None:
+            times["ours save"].append(_timed(functools.partial(ckpt.save, step, model, opt)))
+
+            def restore() -> None:
+                ckpt.restore(model, opt, step=step)
+                jax.block_until_ready([v.get_value() for v in live])
+
+            times["ours restore"].append(_timed(restore))
+
+        def theirs(step: int) -> None:
+            times["save"].append(_timed(functools.partial(bare.save, step)))
+            times["restore"].append(_timed(functools.partial(bare.restore, step)))
+
+        try:
+            for step in range(1, repeats + 1):
+                for run in (ours, theirs) if step % 2 else (theirs, ours):
+                    run(step)
+        finally:
+            bare.close()
+    out = {}
+    for op in ("save", "restore"):
+        ours_t, bare_t = times[f"ours {op}"], times[op]
+        out[op] = min(ours_t) / min(bare_t)
+        out[f"{op} paired"] = statistics.median(a / b for a, b in zip(ours_t, bare_t, strict=True))
+    return out
+
+
 def run(smoke: bool) -> dict[str, Any]:
     sizes = [16, 32, 10] if smoke else [2048, 4096, 2048]
     many_sizes = [16] * 5 if smoke else [512] * 65  # 64 layers: 256 arrays, 128 MB
@@ -372,6 +418,7 @@ def run(smoke: bool) -> dict[str, Any]:
     root = tempfile.mkdtemp(prefix="nnx_momentum_bench_ckpt_")
     try:
         t = _compare(root, model, opt, items, repeats)
+        h2h = _head_to_head(root, model, opt, items, repeats)
         sweep = _sweep(root, "few", items, tuple(SETTINGS), sweep_repeats)
         many_model, many_opt = _state(many_sizes)
         many_items = _items(many_model, many_opt)
@@ -473,8 +520,6 @@ def run(smoke: bool) -> dict[str, Any]:
     fastest = min(sweep, key=lambda res: float(res["save"] + res["restore"]))
     ours = {res["setting"]: res for res in sweep}[OURS]
     blocking = t["async blocking"] / t["sync save"]
-    save_ratio = t["sync save"] / t["orbax save"]
-    restore_ratio = t["restore"] / t["orbax restore"]
     checks = [
         check(
             "async save: time the loop is blocked vs a synchronous save",
@@ -482,18 +527,20 @@ def run(smoke: bool) -> dict[str, Any]:
             f"{blocking:.0%}",
             blocking <= 0.10,
         ),
-        check(
-            "Checkpointer sync save vs bare orbax save of the same arrays, same settings",
-            f"<= {TARGET}x",
-            f"{save_ratio:.2f}x (median of paired repeats {t['sync save paired']:.2f}x)",
-            None if smoke else save_ratio <= TARGET,
-        ),
-        check(
-            "Checkpointer restore vs bare orbax restore of the same arrays, same settings",
-            f"<= {TARGET}x",
-            f"{restore_ratio:.2f}x (median of paired repeats {t['restore paired']:.2f}x)",
-            None if smoke else restore_ratio <= TARGET,
-        ),
+    ]
+    for op, label in (("save", "sync save"), ("restore", "restore")):
+        ratio = h2h[f"{op} paired"]
+        checks.append(
+            check(
+                f"Checkpointer {label} vs bare orbax {op} of the same arrays, same settings "
+                "(head to head, median of paired repeats)",
+                f"<= {TARGET}x",
+                f"{ratio:.2f}x (best of each: {h2h[op]:.2f}x; in the mixed table: "
+                f"{t[f'{label}'] / t[f'orbax {op}']:.2f}x / {t[f'{label} paired']:.2f}x)",
+                None if smoke else ratio <= TARGET,
+            )
+        )
+    checks += [
         check(
             "Checkpointer sync save / restore vs bare orbax with its default settings",
             "reported (< 1x: the settings)",
@@ -529,8 +576,17 @@ def run(smoke: bool) -> dict[str, Any]:
         "JSON item and a commit file. Its restore reads the JSON item (which lists every "
         "array's shape and dtype, so no orbax metadata is read to validate), then both array "
         "items in one orbax call, as the bare restore does; what is left over orbax is "
-        "building the targets from the live Variables and writing the arrays back "
-        "(~1-2 ms).",
+        "validating, building the targets from the live Variables and writing the arrays "
+        "back (~4 ms on a tiny state).",
+        f"The <= {TARGET}x checks time the Checkpointer and bare orbax head to head: {repeats} "
+        "repeats of save + restore, the two alternating first, nothing else in between, "
+        "judged by the median of the per-repeat ratios (each compares runs made back to back; "
+        "a best-of ratio pairs two unrelated lucky repeats and moved by up to 0.15 between "
+        "runs here; two identical bare orbax managers measured 0.94-1.04x best and 1.01-1.03x "
+        "paired against each other). In the table above they "
+        "share each repeat with np.save and the default-settings writer, "
+        "whose 128 MB of dirty pages the kernel flushes into whoever runs next, which widens "
+        "their spread.",
         f"Settings: bare orbax CheckpointManager, synchronous, the same two items; the "
         f"'{many_arrays} arrays' rows use an MLP of {len(many_sizes) - 1} layers of "
         f"{many_sizes[0]}x{many_sizes[0]} ({fmt(many_bytes / MB)} MB). PyTreeCheckpointHandler "

@@ -70,8 +70,10 @@ def time_interleaved(
     """Seconds per iteration of each runner, one sample per repeat.
 
     ``runners[name](n)`` runs ``n`` iterations and blocks until they are done.
-    Repeats are interleaved (A B C A B C ...) so that background load on a
-    shared machine hits every candidate alike; take the min or the median.
+    Repeats are interleaved so that background load on a shared machine hits
+    every candidate alike, and each repeat starts one candidate later
+    (A B C, B C A, C A B, ...) so that none always runs right after the same
+    other one (caches, allocator state); take the min or the median.
     With ``cpu``, it also receives this process's CPU seconds per iteration
     (``time.process_time``: all its threads), which other processes' load on a
     shared machine disturbs less than wall time.
@@ -84,8 +86,10 @@ def time_interleaved(
     gc.collect()
     gc.disable()
     try:
-        for _ in range(repeats):
-            for name, run in runners.items():
+        order = list(runners.items())
+        for r in range(repeats):
+            k = r % len(order)
+            for name, run in order[k:] + order[:k]:
                 c0, t0 = time.process_time(), time.perf_counter()
                 run(iters)
                 samples[name].append((time.perf_counter() - t0) / iters)

@@ -22,7 +22,7 @@ directory.
 from __future__ import annotations
 
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -256,14 +256,22 @@ def _recorded(arrays: Any, items: Sequence[str]) -> dict[str, dict[str, Any]] | 
         return None  # not a layout this version wrote: ask orbax
 
 
-def _failing_item(manager: ocp.CheckpointManager, step: int) -> str:
-    """Which item's metadata cannot be read (for the error message)."""
-    for item in ARRAY_ITEMS:
+def _unreadable_metadata(
+    manager: ocp.CheckpointManager, step: int, items: Iterable[str]
+) -> tuple[str, BaseException] | None:
+    """The first of ``items`` whose orbax metadata cannot be read, and why; ``None`` if none."""
+    for item in items:
         try:
             array_handler().metadata(step_path(manager, step) / item)
-        except Exception:  # noqa: BLE001
-            return item
-    return "model/optimizer"
+        except Exception as e:  # noqa: BLE001
+            return item, e
+    return None
+
+
+def _failing_item(manager: ocp.CheckpointManager, step: int) -> str:
+    """Which item's metadata cannot be read (for the error message)."""
+    found = _unreadable_metadata(manager, step, ARRAY_ITEMS)
+    return "/".join(ARRAY_ITEMS) if found is None else found[0]
 
 
 def _restore_args(wanted: Mapping[str, jax.ShapeDtypeStruct]) -> ocp.args.PyTreeRestore:
@@ -352,11 +360,9 @@ def _failing_read(
     """
     if len(args) == 1:
         return next(iter(args)), error
-    for item in args:
-        try:
-            array_handler().metadata(step_path(manager, step) / item)
-        except Exception as e:  # noqa: BLE001
-            return item, e
+    found = _unreadable_metadata(manager, step, args)
+    if found is not None:
+        return found
     for item, arg in args.items():
         try:
             manager.restore(step, args=ocp.args.Composite(**{item: arg}))

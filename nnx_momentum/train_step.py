@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import inspect
 import operator
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import jax
+import jax.extend.core
 import numpy as np
 from flax import nnx
 
@@ -31,23 +33,28 @@ class TrainStep(Protocol):
 
 
 _RAW = "_raw_value"  # where an nnx.Variable keeps its array (a slot, read by get_raw_value)
-_read_raw = operator.attrgetter(_RAW)
+_SLOT: Any = vars(nnx.Variable).get(_RAW)  # that slot's descriptor: get/set in C
 _drain: Callable[[Iterable[Any]], None] = collections.deque(maxlen=0).extend  # in C
+_Tracer = jax.core.Tracer
 
 
 def _raw_slot_works(variables: Iterable[nnx.Variable[Any]]) -> bool:
-    """Whether this flax keeps a Variable's array in the ``_raw_value`` slot.
+    """Whether this flax keeps each Variable's array in the ``_raw_value`` slot.
 
-    Then a call reads and writes the slot directly, in C (``attrgetter``,
-    ``object.__setattr__``): ``set_raw_value`` re-checks the trace context on
-    every Variable (~1.5 us each), which would be most of a tiny model's step.
-    The check is done once per call instead (the results are not tracers).
-    Checked on flax 0.12.8 and 0.12.12; any other layout falls back to the public
-    ``get_raw_value``/``set_raw_value`` (tests/test_train_step.py runs both paths).
+    Then a call reads and writes the slot directly, in C (``attrgetter``, the
+    slot descriptor's ``__set__``): ``set_raw_value`` re-checks the trace
+    context on every Variable (~1.5 us each), which would be most of a tiny
+    model's step. The check is done once per call instead (the results are not
+    tracers). Checked on flax 0.12.8 and 0.12.12; any other layout falls back to
+    the public ``get_raw_value``/``set_raw_value`` (tests/test_train_step.py
+    runs both paths).
     """
-    if _RAW not in getattr(nnx.Variable, "__slots__", ()):
+    if not inspect.ismemberdescriptor(_SLOT):
         return False
-    return all(_read_raw(var) is var.get_raw_value() for var in variables)
+    return all(
+        _SLOT.__get__(var) is var.get_raw_value() and getattr(type(var), _RAW, None) is _SLOT
+        for var in variables
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,14 +73,36 @@ class _Layout:
     forwarded: tuple[tuple[int, int], ...]
 
 
+def _live_inputs(jaxpr: jax.extend.core.Jaxpr) -> list[bool]:
+    """Which inputs of ``jaxpr`` its outputs (or an effect) depend on.
+
+    One backward pass over the equations: an equation is live if one of its
+    outputs is, or if it has an effect (a callback, a print); all inputs of a
+    live equation are live. Conservative -- a live equation that ignores one of
+    its operands still marks it -- so an input found dead is certainly unread.
+    """
+    live = {v for v in jaxpr.outvars if isinstance(v, jax.extend.core.Var)}
+    for eqn in reversed(jaxpr.eqns):
+        if eqn.effects or any(v in live for v in eqn.outvars):
+            live.update(v for v in eqn.invars if isinstance(v, jax.extend.core.Var))
+    return [v in live for v in jaxpr.invars]
+
+
 class _TrainStep:
     """A :class:`TrainStep`: the compiled pure step and the live Variables it reads.
 
-    Per call: the donated and the kept Variables' arrays as two lists, one
-    ``jax.jit`` dispatch, and the new arrays written back into the same
-    Variables -- no pytree flattening, no per-Variable Python calls. Kept
-    Variables the step leaves unchanged (the scheduler's state) or sets to
-    another kept input (the runtime LR) cost the program no output.
+    Per call: the donated Variables' arrays and those of the kept Variables the
+    step reads, as two lists, one ``jax.jit`` dispatch, and the new arrays
+    written back into the same Variables -- no pytree flattening, no
+    per-Variable Python calls. Kept Variables the step leaves unchanged (the
+    scheduler's state) or sets to another kept input (the runtime LR) cost the
+    program no output; those it neither reads nor changes (the scheduler's
+    epoch, say) are not passed at all.
+
+    Which kept Variables a step reads is found from its jaxpr (one trace per
+    batch signature, as ``jax.jit`` traces anyway: the jaxpr is then inlined
+    into the compiled function). A retrace for new batch shapes that reads a
+    Variable the first trace did not is refused, never run on a stale value.
     """
 
     def __init__(
@@ -83,45 +112,97 @@ class _TrainStep:
         kept: list[nnx.Variable[Any]],
         donate: bool,
     ) -> None:
-        self._jit = jax.jit(pure_step, donate_argnums=0 if donate else ())
+        self._pure_step = pure_step
+        self._donate = donate
         self._donated = tuple(donated)
         self._kept = tuple(kept)
         self._fast = _raw_slot_works(self._donated + self._kept)
+        self._get: Callable[[Any], Any] = (
+            operator.attrgetter(_RAW) if self._fast else nnx.Variable.get_raw_value
+        )
+        self._set: Callable[[Any, Any], Any] = (
+            _SLOT.__set__ if self._fast else nnx.Variable.set_raw_value
+        )
         self._layout: _Layout | None = None
-        # Set by the first trace (``record``): what each call writes back.
+        # Set by the first call (``_prepare``): the compiled function, which kept
+        # Variables it reads, and what each call writes back.
+        self._jit: Any = None
+        self._pending: Any = None  # the first trace's jaxpr, until jax.jit inlines it
+        self._read: tuple[int, ...] = ()
+        self._read_vars: tuple[nnx.Variable[Any], ...] = ()
+        self._stand_ins: tuple[Any, ...] = ()
         self._written: tuple[nnx.Variable[Any], ...] = ()
-        self._names: tuple[str, ...] = ()
-        self._sinks: tuple[nnx.Variable[Any], ...] = ()
-        self._sink_names: tuple[str, ...] = ()
-        self._sources: tuple[int, ...] = ()
+        self._forward: tuple[tuple[nnx.Variable[Any], int], ...] = ()
 
     def record(self, layout: _Layout) -> None:
         """Called at trace time: fixes the layout, or checks that a retrace has the same."""
         if self._layout is None:
             self._layout = layout
-            self._written = self._donated + tuple(self._kept[i] for i in layout.computed)
-            self._names = (_RAW,) * len(self._written)
-            self._sinks = tuple(self._kept[i] for i, _ in layout.forwarded)
-            self._sink_names = (_RAW,) * len(self._sinks)
-            self._sources = tuple(j for _, j in layout.forwarded)
         elif layout != self._layout:
             raise RuntimeError(
                 "make_train_step: a retrace (new batch shapes?) changed which state the step "
                 f"writes ({self._layout} before, {layout} now); build a new step for it."
             )
 
-    def _arrays(self) -> tuple[list[Any], list[Any]]:
-        if self._fast:
-            return list(map(_read_raw, self._donated)), list(map(_read_raw, self._kept))
-        return (
-            [var.get_raw_value() for var in self._donated],
-            [var.get_raw_value() for var in self._kept],
-        )
+    def _trace(self, donated: Any, kept: Any, batch: tuple[Any, ...]) -> tuple[Any, list[bool]]:
+        """The step's jaxpr for these inputs, and which kept inputs a call must pass."""
+        closed, shape = jax.make_jaxpr(self._pure_step, return_shape=True)(donated, kept, *batch)
+        live = _live_inputs(closed.jaxpr)
+        # Each kept Variable is one or more leaves of the flat inputs, after the donated.
+        offset = len(jax.tree.leaves(donated))
+        reads = []
+        for value in kept:
+            n = len(jax.tree.leaves(value))
+            reads.append(any(live[offset : offset + n]))
+            offset += n
+        assert self._layout is not None  # recorded by the trace
+        for _, j in self._layout.forwarded:  # a call reads it, to forward it
+            reads[j] = True
+        return (closed, jax.tree.structure(shape)), reads
+
+    def _prepare(self, batch: tuple[Any, ...]) -> None:
+        """At the first call: one trace finds what the step reads and writes."""
+        kept = list(map(self._get, self._kept))
+        program, reads = self._trace(list(map(self._get, self._donated)), kept, batch)
+        assert self._layout is not None
+        self._read = tuple(i for i, r in enumerate(reads) if r)
+        self._read_vars = tuple(self._kept[i] for i in self._read)
+        # An unread kept input gets a stand-in of its type; the program never sees it.
+        self._stand_ins = tuple(kept)
+        self._written = self._donated + tuple(self._kept[i] for i in self._layout.computed)
+        position = {i: p for p, i in enumerate(self._read)}
+        self._forward = tuple((self._kept[i], position[j]) for i, j in self._layout.forwarded)
+        self._pending = program
+        self._jit = jax.jit(self._compiled, donate_argnums=0 if self._donate else ())
+
+    def _compiled(self, donated: list[Any], read: list[Any], *batch: Any) -> Any:
+        """What ``jax.jit`` traces: the step's jaxpr, inlined, on the arrays passed."""
+        kept = list(self._stand_ins)
+        for i, value in zip(self._read, read, strict=True):
+            kept[i] = value
+        if self._pending is not None:  # the first trace: _prepare's, for these inputs
+            (closed, tree), self._pending = self._pending, None
+        else:  # a retrace (new batch shapes): it may read no more than the first
+            (closed, tree), reads = self._trace(donated, kept, batch)
+            read_now = {i for i, r in enumerate(reads) if r}
+            if not read_now <= set(self._read):
+                raise RuntimeError(
+                    "make_train_step: a retrace (new batch shapes?) reads state the first "
+                    "trace did not; build a new step for these shapes."
+                )
+        flat = jax.tree.leaves((donated, kept, batch))
+        return jax.tree.unflatten(tree, jax.extend.core.jaxpr_as_fun(closed)(*flat))
 
     def __call__(self, *batch: Any) -> Any:
-        donated, kept = self._arrays()
-        out, arrays = self._jit(donated, kept, *batch)
-        if arrays and isinstance(arrays[0], jax.core.Tracer):
+        if self._jit is None:
+            self._prepare(batch)
+        get = self._get
+        read = list(map(get, self._read_vars))
+        try:
+            out, arrays = self._jit(list(map(get, self._donated)), read, *batch)
+        finally:
+            self._pending = None  # consumed by this call's trace, or stale
+        if arrays and isinstance(arrays[0], _Tracer):
             raise RuntimeError(
                 "make_train_step: the step was called inside a jax transformation (jit, grad, "
                 "vmap, ...); it runs eagerly and writes the live Variables. Inside a "
@@ -129,21 +210,23 @@ class _TrainStep:
             )
         # The same Variable objects get the new buffers, so the model and the
         # optimizer stay the source of truth.
-        if self._fast:
-            _drain(map(object.__setattr__, self._written, self._names, arrays))
-            if self._sinks:
-                forwarded = map(kept.__getitem__, self._sources)
-                _drain(map(object.__setattr__, self._sinks, self._sink_names, forwarded))
-        else:
-            for var, array in zip(self._written, arrays, strict=True):
-                var.set_raw_value(array)
-            for var, j in zip(self._sinks, self._sources, strict=True):
-                var.set_raw_value(kept[j])
+        set_ = self._set
+        _drain(map(set_, self._written, arrays))
+        for var, p in self._forward:
+            set_(var, read[p])
         return out
 
     def lower(self, *batch: Any) -> jax.stages.Lowered:
         """``jax.jit``'s ``lower`` for these batch arguments (HLO, memory analysis)."""
-        lowered: jax.stages.Lowered = self._jit.lower(*self._arrays(), *batch)
+        if self._jit is None:
+            self._prepare(batch)
+        get = self._get
+        try:
+            lowered: jax.stages.Lowered = self._jit.lower(
+                list(map(get, self._donated)), list(map(get, self._read_vars)), *batch
+            )
+        finally:
+            self._pending = None
         return lowered
 
 
@@ -160,9 +243,11 @@ def make_train_step(
     Each call computes :math:`\nabla_p\, \mathrm{loss\_fn}(model, *batch)` and
     applies one optimizer update, in one XLA program. The graph of ``model``
     and ``optimizer`` is split once, here (``nnx.graphdef`` and the flat list of
-    their live Variables); every call passes the Variables' raw arrays, as one
-    flat list, to a ``jax.jit`` of a pure function that merges the graph inside
-    the trace (donated when ``donate``, so the update happens in place), then
+    their live Variables); every call passes the Variables' raw arrays, as two
+    flat lists, to a ``jax.jit`` of a pure function that merges the graph inside
+    the trace (donated when ``donate``, so the update happens in place; scalars
+    and the scheduler's state undonated, and of those only what the step reads:
+    the first call finds that in the step's jaxpr), then
     writes the results back into the same Variables, as ``nnx.jit_partial``
     does. That avoids both the graph traversal and Variable copies of
     graph-mode ``nnx.jit`` and the per-Variable pytree flattening of

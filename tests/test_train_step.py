@@ -215,3 +215,39 @@ def test_without_the_fast_slot_access_the_numbers_are_the_same(monkeypatch):
         jax.tree.leaves(opts[0].state_dict()), jax.tree.leaves(opts[1].state_dict()), strict=True
     ):
         np.testing.assert_array_equal(a, b)
+
+
+def test_state_the_step_does_not_read_is_not_passed():
+    """Kept Variables the step neither reads nor changes (the scheduler's epoch) are no
+    input of the compiled program; the ones it reads (the LR, the counters) are."""
+    model = MLP(nnx.Rngs(0))
+    opt = nm.MomentumOptimizer(model, lr=nm.StepLR(0.1, step_size=1))
+    step = nm.make_train_step(loss_fn, model, opt)
+    x, y = batches(1)[0]
+    (_, read, *_), _ = step.lower(x, y).args_info
+    kept = [v for v in jax.tree.leaves(nnx.state((model, opt))) if np.ndim(v) == 0]
+    assert len(read) == 3 < len(kept)  # current LR, update count, step
+    for _ in range(3):
+        step(x, y)
+        opt.lr.step()  # changes the unread epoch: still no input, still no retrace
+    assert opt.step_count == 3 and opt.current_lr == pytest.approx(0.1 * 0.1**3)
+
+
+def test_a_retrace_that_reads_more_state_is_refused():
+    class Gated(nnx.Module):
+        def __init__(self):
+            self.mlp = MLP(nnx.Rngs(0))
+            self.scale = nnx.Variable(jnp.float32(2.0))  # a kept scalar, not trained
+
+        def __call__(self, x):
+            out = self.mlp(x)
+            return out * self.scale[...] if x.shape[0] > 2 else out
+
+    model = Gated()
+    opt = nm.MomentumOptimizer(model, lr=0.1)
+    step = nm.make_train_step(loss_fn, model, opt)
+    x, y = batches(1)[0]
+    step(x[:2], y[:2])  # this shape never reads scale: it is not passed
+    with pytest.raises(RuntimeError, match="reads state the first trace did not"):
+        step(x, y)
+    assert opt.step_count == 1  # the refused call wrote nothing

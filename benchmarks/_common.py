@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import gc
 import platform
+import random
 import statistics
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+T = TypeVar("T")
 
 
 def device_label() -> str:
@@ -59,6 +62,20 @@ def block(tree: Any) -> None:
     jax.block_until_ready(tree)
 
 
+def rounds(candidates: list[T], repeats: int) -> Iterator[list[T]]:
+    """``repeats`` orders of ``candidates``, one per repeat: a seeded shuffle.
+
+    The same every run, and no candidate always runs right after the same other
+    one (caches, allocator state, a slow candidate's garbage or dirty pages).
+    Rotating the start (A B C, B C A, ...) would not do: every candidate would
+    keep its predecessor.
+    """
+    order, shuffle = list(candidates), random.Random(0).shuffle
+    for _ in range(repeats):
+        shuffle(order)
+        yield list(order)
+
+
 def time_interleaved(
     runners: Mapping[str, Callable[[int], Any]],
     *,
@@ -71,9 +88,8 @@ def time_interleaved(
 
     ``runners[name](n)`` runs ``n`` iterations and blocks until they are done.
     Repeats are interleaved so that background load on a shared machine hits
-    every candidate alike, and each repeat starts one candidate later
-    (A B C, B C A, C A B, ...) so that none always runs right after the same
-    other one (caches, allocator state); take the min or the median.
+    every candidate alike, each repeat in its own order (:func:`rounds`); take
+    the min or the median.
     With ``cpu``, it also receives this process's CPU seconds per iteration
     (``time.process_time``: all its threads), which other processes' load on a
     shared machine disturbs less than wall time.
@@ -86,10 +102,8 @@ def time_interleaved(
     gc.collect()
     gc.disable()
     try:
-        order = list(runners.items())
-        for r in range(repeats):
-            k = r % len(order)
-            for name, run in order[k:] + order[:k]:
+        for order in rounds(list(runners.items()), repeats):
+            for name, run in order:
                 c0, t0 = time.process_time(), time.perf_counter()
                 run(iters)
                 samples[name].append((time.perf_counter() - t0) / iters)
@@ -107,6 +121,17 @@ def best(samples: list[float]) -> float:
 
 def median(samples: list[float]) -> float:
     return statistics.median(samples)
+
+
+def paired(a: list[float], b: list[float]) -> float:
+    """The median over repeats of ``a[r] / b[r]``: two candidates timed back to back.
+
+    Each repeat's two samples share that moment's machine load, so their ratio
+    is steadier than ``best(a) / best(b)``, which pairs two unrelated lucky
+    repeats (on this shared 2-core VM the best-of ratio moves by ~0.1 between
+    runs).
+    """
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
 def fmt(x: float, digits: int = 3) -> str:

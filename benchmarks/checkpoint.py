@@ -16,8 +16,8 @@ The state (model + optimizer velocity, 128 MB) is written to the same disk by:
   and OCDBT file/chunk sizes), on this state and on one of many small leaves, all
   restored by a plain ``StandardCheckpointHandler`` to check they stay readable.
 
-Every candidate runs in interleaved repeats (A B C ... then B C ... A ...: the order
-rotates, so no candidate always follows the same one) and the best repeat counts.
+Every candidate runs in interleaved repeats (each repeat in its own seeded order, so
+no candidate always follows the same one) and the best repeat counts.
 No side calls fsync: all measure writes into the page cache plus whatever the
 kernel flushes meanwhile, as a training loop sees them.
 """
@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -39,7 +38,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 import nnx_momentum as nm
-from benchmarks._common import MLP, check, fmt, n_params
+from benchmarks._common import MLP, check, fmt, n_params, paired, rounds
 from nnx_momentum.checkpoint import Checkpointer, items, targets
 
 MB = 2**20
@@ -205,11 +204,10 @@ def _state(sizes: list[int]) -> tuple[Any, Any]:
     return model, opt
 
 
-def _rotated(runners: list[Callable[[], None]], repeats: int) -> None:
-    """Runs every runner ``repeats`` times, interleaved, starting one later each repeat."""
-    for r in range(repeats):
-        k = r % len(runners)
-        for run in runners[k:] + runners[:k]:
+def _interleaved(runners: list[Callable[[], None]], repeats: int) -> None:
+    """Runs every runner ``repeats`` times, interleaved, each repeat in its own order."""
+    for order in rounds(runners, repeats):
+        for run in order:
             run()
 
 
@@ -234,7 +232,7 @@ def _sweep(
         return run
 
     try:
-        _rotated([runner(name) for name in names], repeats)
+        _interleaved([runner(name) for name in names], repeats)
         out = []
         for name, w in writers.items():
             size, files = _du(os.path.join(w.directory, str(steps[name])))
@@ -328,7 +326,7 @@ def _compare(
             times["restore"].append(_timed(restore))
 
         def ours_async() -> None:
-            # Its own turn in the rotation: its writes land next to no one candidate always.
+            # Its own turn in each repeat: its writes land next to no one candidate always.
             steps["async"] += 1
             t0 = time.perf_counter()
             asyn.save(steps["async"], model, opt)
@@ -337,7 +335,7 @@ def _compare(
             times["async total"].append(time.perf_counter() - t0)
 
         try:
-            _rotated(
+            _interleaved(
                 [
                     files,
                     orbax(bare, "bare", "orbax"),
@@ -355,9 +353,7 @@ def _compare(
     # Each repeat's Checkpointer time over bare orbax's of the same repeat (run next to
     # each other): the median of these shows how far the min ratio is from noise.
     for ours, bare_key in (("sync save", "orbax save"), ("restore", "orbax restore")):
-        out[f"{ours} paired"] = statistics.median(
-            a / b for a, b in zip(times[ours], times[bare_key], strict=True)
-        )
+        out[f"{ours} paired"] = paired(times[ours], times[bare_key])
     return out
 
 
@@ -403,7 +399,7 @@ def _head_to_head(
     for op in ("save", "restore"):
         ours_t, bare_t = times[f"ours {op}"], times[op]
         out[op] = min(ours_t) / min(bare_t)
-        out[f"{op} paired"] = statistics.median(a / b for a, b in zip(ours_t, bare_t, strict=True))
+        out[f"{op} paired"] = paired(ours_t, bare_t)
     return out
 
 

@@ -24,6 +24,7 @@ from benchmarks._common import (
     fmt,
     median,
     mse,
+    paired,
     time_interleaved,
 )
 
@@ -246,7 +247,7 @@ def _torch_step() -> tuple[str, Callable[[int], Any]] | None:
 def run(smoke: bool) -> dict[str, Any]:
     # Many short repeats: the min over them is the step time without other processes'
     # interruptions, which a 2-core shared machine has plenty of.
-    iters, repeats = (5, 2) if smoke else (100, 60)
+    iters, repeats = (5, 2) if smoke else (100, 100)
     runners: dict[str, Callable[[int], Any]] = {
         FLAX_DEFAULT: _flax_step(cached=False),
         "nnx.Optimizer(optax.sgd) + nnx.cached_partial": _flax_step(cached=True),
@@ -292,8 +293,8 @@ def run(smoke: bool) -> dict[str, Any]:
     ]
     checks = []
     for name in (MTS_OPT, MTS_FACE):
-        speedup, to_floor = default / us[name], us[name] / floor
-        cpu_to_floor = cpu_us[name] / cpu_us[FLOOR]
+        speedup, to_floor = default / us[name], paired(samples[name], samples[FLOOR])
+        cpu_to_floor = paired(cpu[name], cpu[FLOOR])
         short = name.split(" + ")[1]
         checks.append(
             check(
@@ -305,9 +306,10 @@ def run(smoke: bool) -> dict[str, Any]:
         )
         checks.append(
             check(
-                f"step overhead, {short}: time vs pure-jax floor",
+                f"step overhead, {short}: time vs pure-jax floor (median of paired repeats)",
                 "<= 1.2x",
-                f"{to_floor:.2f}x (CPU time {cpu_to_floor:.2f}x)",
+                f"{to_floor:.2f}x (CPU time {cpu_to_floor:.2f}x; best of each "
+                f"{us[name] / floor:.2f}x)",
                 to_floor <= 1.2,
             )
         )
@@ -333,9 +335,12 @@ def run(smoke: bool) -> dict[str, Any]:
     notes.append(
         f"MLP {'-'.join(map(str, SIZES))}, batch {BATCH}, lr {LR}, momentum {MU}; {iters} steps x "
         f"{repeats} interleaved repeats after warm-up; each timed loop ends in block_until_ready. "
-        "'min' is the best repeat (used for the ratios), 'median' shows the noise; 'x floor "
-        "(CPU)' is the same ratio in this process's CPU time (time.process_time), which other "
-        "processes' load on a shared machine disturbs less."
+        "'min' is the best repeat (used for the table's ratios), 'median' shows the noise; 'x "
+        "floor (CPU)' is the same ratio in this process's CPU time (time.process_time), which "
+        "other processes' load on a shared machine disturbs less. The <= 1.2x check is judged "
+        "by the median over repeats of each repeat's ratio to the floor (the two run back to "
+        "back in every repeat), as the checkpoint checks are; the best-of ratio pairs two "
+        "unrelated lucky repeats and moved by ~0.1 between runs here."
     )
     notes.append(
         "Where make_train_step's time over the floor goes: each call reads the live Variables' "

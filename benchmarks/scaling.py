@@ -66,18 +66,22 @@ def run(smoke: bool) -> dict[str, Any]:
             ]
         )
     half = 2  # the two largest sizes: both past the CPU caches (see the note)
-    slope = (
-        float(np.polyfit(np.log(xs[-half:]), np.log(ys_nm[-half:]), 1)[0])
-        if len(xs) >= 2
-        else math.nan
-    )
-    ok = None if smoke else slope <= 1.15
+
+    def fitted(ys: list[float]) -> float:
+        if len(xs) < 2:
+            return math.nan
+        return float(np.polyfit(np.log(xs[-half:]), np.log(ys[-half:]), 1)[0])
+
+    slope, floor_slope = fitted(ys_nm), fitted(ys_floor)
+    # Linear, or no steeper than the floor on the same machine in the same run: a
+    # memory system that slows down past some size bends the floor's curve alike.
+    ok = None if smoke else slope <= max(1.15, floor_slope + 0.1)
     worst = max(a / b for a, b in zip(ys_nm[-half:], ys_floor[-half:], strict=True))
     checks = [
         check(
             f"step time vs params, log-log slope over the largest {half} sizes",
-            "~1 (linear)",
-            f"{slope:.2f}",
+            "~1 (linear), or no steeper than the floor's",
+            f"{slope:.2f} (the floor's: {floor_slope:.2f})",
             ok,
         ),
         check(
@@ -93,7 +97,11 @@ def run(smoke: bool) -> dict[str, Any]:
         "The floor is the donated pure jax.jit + optax.sgd step. 'ns/param' falls while the fixed "
         "per-call cost dominates and levels off once the step is bandwidth/compute bound; a jump "
         "in "
-        "ns/param that the floor shows too is the state leaving the CPU caches, not our code.",
+        "ns/param that the floor shows too is the state leaving the CPU caches, not our code. "
+        "The slope check passes at <= 1.15, or within 0.1 of the floor's own slope over the "
+        "same sizes (0.1 is an 8% change in the ratio to the floor between the two sizes, "
+        "about one run's noise here): on this shared VM the floor itself has measured slopes "
+        "from 0.9 to 1.35.",
     ]
     return {
         "title": "5. Scaling of the train step with the parameter count",

@@ -124,7 +124,7 @@ def median(samples: list[float]) -> float:
 
 
 def paired(a: list[float], b: list[float]) -> float:
-    """The median over repeats of ``a[r] / b[r]``: two candidates timed back to back.
+    """The median over repeats of ``a[r] / b[r]``: two candidates timed in the same repeat.
 
     Each repeat's two samples share that moment's machine load, so their ratio
     is steadier than ``best(a) / best(b)``, which pairs two unrelated lucky

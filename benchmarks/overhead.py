@@ -338,8 +338,8 @@ def run(smoke: bool) -> dict[str, Any]:
         "'min' is the best repeat (used for the table's ratios), 'median' shows the noise; 'x "
         "floor (CPU)' is the same ratio in this process's CPU time (time.process_time), which "
         "other processes' load on a shared machine disturbs less. The <= 1.2x check is judged "
-        "by the median over repeats of each repeat's ratio to the floor (the two run back to "
-        "back in every repeat), as the checkpoint checks are; the best-of ratio pairs two "
+        "by the median over repeats of each repeat's ratio to the floor (the two run within "
+        "the same repeat), as the checkpoint checks are; the best-of ratio pairs two "
         "unrelated lucky repeats and moved by ~0.1 between runs here."
     )
     notes.append(

@@ -25,34 +25,42 @@ ScalarOrSchedule = float | jax.Array | Callable[[jax.typing.ArrayLike], jax.typi
 
 
 def _clip_steps(config: MomentumConfig) -> list[optax.GradientTransformation]:
-    """Steps 1-2 of the update: clip by global norm, then by value."""
-    steps: list[optax.GradientTransformation] = []
-    if config.grad_clip_norm is not None:
-        steps.append(optax.clip_by_global_norm(config.grad_clip_norm))
-    if config.grad_clip_value is not None:
-        steps.append(optax.clip(config.grad_clip_value))
-    return steps
+    """Steps 1-2 of the update: clip by global norm, then by value.
+
+    Always two stateless steps, ``optax.identity()`` where a clip is off, so the
+    state's layout never depends on the clip thresholds.
+    """
+    norm, value = config.grad_clip_norm, config.grad_clip_value
+    return [
+        optax.identity() if norm is None else optax.clip_by_global_norm(norm),
+        optax.identity() if value is None else optax.clip(value),
+    ]
 
 
 def _momentum_steps(
     config: MomentumConfig, learning_rate: jax.typing.ArrayLike
 ) -> list[optax.GradientTransformation]:
-    """Steps 3-6 of the update: weight decay, velocity, the LR."""
-    steps: list[optax.GradientTransformation] = []
+    """Steps 3-6 of the update: weight decay, velocity, the LR.
+
+    Always three steps, the velocity (``optax.trace``) the second: a zero
+    weight decay is ``optax.identity()`` (``g + 0 * p`` skipped, as optax's
+    ``adamw`` skips it), so the state's layout -- one path per leaf -- never
+    depends on the hyperparameters' values.
+    """
     # An array weight decay is a runtime hyperparameter (``optax.inject_hyperparams(
-    # nm.momentum)``): concrete at init, traced in update, so the chain's structure
-    # cannot depend on its value. Keep the term; ``g + 0 * p`` is ``g`` exactly.
-    if isinstance(config.weight_decay, jax.Array) or config.weight_decay:
-        steps.append(optax.add_decayed_weights(config.weight_decay))
-    steps.append(
+    # nm.momentum)``): concrete at init, traced in update, so it is always applied.
+    decay = config.weight_decay
+    return [
+        optax.add_decayed_weights(decay)
+        if isinstance(decay, jax.Array) or decay
+        else optax.identity(),
         optax.trace(
             decay=config.momentum,
             nesterov=config.nesterov,
             accumulator_dtype=config.velocity_dtype,
-        )
-    )
-    steps.append(_scale_by_negative_lr(learning_rate))
-    return steps
+        ),
+        _scale_by_negative_lr(learning_rate),
+    ]
 
 
 def _momentum_chain(

@@ -15,7 +15,7 @@ The public names, re-exported from one module per concept:
 """
 
 from nnx_momentum._version import __version__ as __version__
-from nnx_momentum.checkpoint import Checkpointer, CheckpointOptions
+from nnx_momentum.checkpoint import Checkpointer, CheckpointOptions, ResumeChanges
 from nnx_momentum.config import MomentumConfig
 from nnx_momentum.groups import ParamGroup
 from nnx_momentum.learning_rate import OptaxSchedule
@@ -71,6 +71,7 @@ __all__ = [
     "PiecewiseConstantSchedule",
     "PolynomialLR",
     "ReduceLROnPlateau",
+    "ResumeChanges",
     "SchedulerState",
     "SequentialLR",
     "StepLR",

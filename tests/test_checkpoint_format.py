@@ -139,17 +139,20 @@ def test_restore_reads_both_items_in_one_orbax_call(tmp_path, monkeypatch):
     with Checkpointer(tmp_path) as ckpt:
         ckpt.save(2, model, opt)
     calls: list[list[str]] = []
+    metadata_calls: list[int] = []
     restore = ocp.CheckpointManager.restore
+    item_metadata = ocp.CheckpointManager.item_metadata
 
     def counting(self, step, *args, **kwargs):
         calls.append(sorted(kwargs["args"].keys()))
         return restore(self, step, *args, **kwargs)
 
-    def no_metadata(self, step):
-        raise AssertionError("the JSON item lists the arrays: no orbax metadata is read")
+    def counting_metadata(self, step):
+        metadata_calls.append(step)
+        return item_metadata(self, step)
 
     monkeypatch.setattr(ocp.CheckpointManager, "restore", counting)
-    monkeypatch.setattr(ocp.CheckpointManager, "item_metadata", no_metadata)
+    monkeypatch.setattr(ocp.CheckpointManager, "item_metadata", counting_metadata)
     fresh = common.Net(seed=5)
     fresh_opt = common.make_optimizer("opt", fresh)
     with Checkpointer(tmp_path) as ckpt:
@@ -159,6 +162,8 @@ def test_restore_reads_both_items_in_one_orbax_call(tmp_path, monkeypatch):
         assert calls[-1] == ["model"]
         meta = ckpt.metadata()
     assert len(calls) == 2  # the JSON item is read without the manager
+    # the array items' own metadata is read once per restore, to check the JSON item
+    assert metadata_calls == [2, 2]
     assert meta["arrays"]["model"]["fc1/kernel"] == {"shape": [8, 16], "dtype": "float32"}
     assert meta["arrays"]["model"]["drop/rngs/key"] == {"shape": [2], "dtype": "uint32"}
     assert meta["arrays"]["optimizer"].keys() == set(
@@ -167,6 +172,33 @@ def test_restore_reads_both_items_in_one_orbax_call(tmp_path, monkeypatch):
     _same = common.flat_arrays(fresh, fresh_opt)
     for key, value in common.flat_arrays(model, opt).items():
         np.testing.assert_array_equal(_same[key], value, err_msg=key)
+
+
+def test_json_item_disagreeing_with_the_array_item_is_refused(tmp_path):
+    """A bfloat16 array item whose JSON says float32 never restores with a silent cast."""
+    model = nnx.Linear(2, 3, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    model.kernel[...] = jnp.full((2, 3), 1.3, jnp.bfloat16)  # 1.296875 in bfloat16
+    opt = nm.MomentumOptimizer(model, lr=0.1)
+    with Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(1, model, opt)
+    meta_file = tmp_path / "1" / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    for item in ("model", "optimizer"):
+        for info in meta["arrays"][item].values():
+            info["dtype"] = info["dtype"].replace("bfloat16", "float32")
+    meta_file.write_text(json.dumps(meta))
+    live = nnx.Linear(2, 3, rngs=nnx.Rngs(1))  # float32, as the altered JSON says
+    before = np.asarray(live.kernel[...])
+    with (
+        Checkpointer(tmp_path) as ckpt,
+        pytest.raises(
+            ValueError,
+            match=r"disagree.*kernel: JSON \(\(2, 3\), 'float32'\), "
+            r"array item \(\(2, 3\), 'bfloat16'\)",
+        ),
+    ):
+        ckpt.restore(live)
+    np.testing.assert_array_equal(live.kernel[...], before)
 
 
 def test_old_and_new_format_steps_restore_side_by_side(tmp_path):
@@ -202,7 +234,10 @@ def test_old_format_step_is_validated_from_orbax_metadata(tmp_path):
     before = common.flat_arrays(model, opt)
     with (
         Checkpointer(directory) as ckpt,
-        pytest.raises(ValueError, match=r"does not match step 3: fc1/bias: shape \(17,\) live"),
+        pytest.raises(
+            ValueError,
+            match=r"do not match step 3.*\n.*\n  shape +model fc1/bias: \(16,\) -> \(17,\)",
+        ),
     ):
         ckpt.restore(model, opt)
     after = common.flat_arrays(model, opt)

@@ -95,7 +95,13 @@ def test_model_only_restore_is_validated(tmp_path):
     directory, _, _ = _trained(tmp_path)
     other = nnx.Linear(8, 4, rngs=nnx.Rngs(0))
     before = np.asarray(other.kernel[...]).copy()
-    with Checkpointer(directory) as ckpt, pytest.raises(ValueError, match="live model"):
+    with (
+        Checkpointer(directory) as ckpt,
+        pytest.raises(
+            ValueError,
+            match=r"(?s)do not match step 2.*new params +model bias.*tree +model fc1/kernel",
+        ),
+    ):
         ckpt.restore(other)
     np.testing.assert_array_equal(other.kernel[...], before)
 
@@ -106,7 +112,7 @@ def test_model_only_ignores_the_optimizer_hyperparameters(tmp_path):
     with Checkpointer(directory) as ckpt:
         assert ckpt.restore(fresh, step=2) == 2  # no optimizer: nothing to compare
         other_opt = common.make_optimizer("opt", fresh, momentum=0.5)
-        with pytest.raises(ValueError, match="momentum: saved"):
+        with pytest.raises(ValueError, match="hyperparams +momentum: 0.9 -> 0.5"):
             ckpt.restore(fresh, other_opt)
 
 
@@ -188,7 +194,7 @@ def test_required_extra_variable_is_refused(tmp_path):
     before = common.flat_arrays(fresh, fresh_opt)
     with (
         Checkpointer(directory) as ckpt,
-        pytest.raises(ValueError, match=r"not in the checkpoint: \['lr/added_later'\]"),
+        pytest.raises(ValueError, match=r"tree +optimizer lr/added_later: \(absent\)"),
     ):
         ckpt.restore(fresh, fresh_opt)
     _same(common.flat_arrays(fresh, fresh_opt), before)
@@ -206,7 +212,7 @@ def test_abstract_optional_variable_absent_from_the_checkpoint_is_refused(tmp_pa
     abstract_model, abstract_opt = nnx.eval_shape(build)
     with (
         Checkpointer(directory) as ckpt,
-        pytest.raises(ValueError, match=r"lr/added_later: not in the checkpoint .* abstract"),
+        pytest.raises(ValueError, match=r"tree +optimizer lr/added_later: \(absent\) -> abstract"),
     ):
         ckpt.restore(abstract_model, abstract_opt)
     assert _leaf_types(abstract_model) == {"ShapeDtypeStruct"}  # nothing half-loaded

@@ -427,7 +427,7 @@ def test_mismatched_model_shapes(tmp_path):
     check = _unchanged(model, opt)
     with (
         Checkpointer(tmp_path) as ckpt,
-        pytest.raises(ValueError, match=r"kernel: shape \(3, 5\) live, \(3, 4\) saved"),
+        pytest.raises(ValueError, match=r"shape +model kernel: \(3, 4\) -> \(3, 5\)"),
     ):
         ckpt.restore(model, opt)
     check()
@@ -440,7 +440,7 @@ def test_mismatched_model_tree(tmp_path):
     check = _unchanged(model, opt)
     with (
         Checkpointer(tmp_path) as ckpt,
-        pytest.raises(ValueError, match="not in the live model: \\['bias'\\]"),
+        pytest.raises(ValueError, match="tree +model bias: \\(4,\\) float32 -> \\(absent\\)"),
     ):
         ckpt.restore(model, opt)
     check()
@@ -459,7 +459,7 @@ def test_mismatched_optimizer_hyperparams(tmp_path, kwargs, field):
     model = nnx.Linear(3, 4, rngs=nnx.Rngs(7))
     opt = nm.MomentumOptimizer(model, lr=nm.StepLR(0.1, step_size=2), **kwargs)
     check = _unchanged(model, opt)
-    with Checkpointer(tmp_path) as ckpt, pytest.raises(ValueError, match=f"{field}: saved"):
+    with Checkpointer(tmp_path) as ckpt, pytest.raises(ValueError, match=f"hyperparams +{field}: "):
         ckpt.restore(model, opt)
     check()
 
@@ -471,7 +471,7 @@ def test_mismatched_optimizer_tree(tmp_path):
     check = _unchanged_plain(model, opt)
     with (
         Checkpointer(tmp_path) as ckpt,
-        pytest.raises(ValueError, match="live optimizer does not match"),
+        pytest.raises(ValueError, match=r"(?s)do not match step 1.*tree +optimizer lr/"),
     ):
         ckpt.restore(model, opt)
     check()

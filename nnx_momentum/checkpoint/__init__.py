@@ -6,6 +6,7 @@ One concept per module:
 - ``checkpointer``: :class:`Checkpointer`, save / restore / metadata;
 - ``targets``: restore targets built from the live objects, PRNG key arrays;
 - ``metadata``: the JSON item of each step and the hyperparameter check;
+- ``resume``: :class:`ResumeChanges`, the diff a restore shows and what it may load;
 - ``lifecycle``: SIGTERM (preemption) and interpreter-exit handling.
 
 Example:
@@ -16,5 +17,6 @@ Example:
 
 from nnx_momentum.checkpoint.checkpointer import Checkpointer
 from nnx_momentum.checkpoint.options import CheckpointOptions
+from nnx_momentum.checkpoint.resume import ResumeChanges
 
-__all__ = ["CheckpointOptions", "Checkpointer"]
+__all__ = ["CheckpointOptions", "Checkpointer", "ResumeChanges"]

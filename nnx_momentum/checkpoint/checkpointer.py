@@ -39,7 +39,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from nnx_momentum.checkpoint import items, lifecycle, location, metadata, targets
+from nnx_momentum.checkpoint import items, lifecycle, location, metadata, resume, targets
 from nnx_momentum.checkpoint.options import CheckpointOptions, manager_options
 
 __all__ = ["Checkpointer"]
@@ -333,7 +333,12 @@ class Checkpointer:
 
     # -- restore ------------------------------------------------------------------------
     def restore(
-        self, model: Any, optimizer: Any | None = None, *, step: int | None = None
+        self,
+        model: Any,
+        optimizer: Any | None = None,
+        *,
+        step: int | None = None,
+        changes: resume.ResumeChanges | None = None,
     ) -> int | None:
         """Restores ``step`` (default: the latest) into the live model (and optimizer).
 
@@ -357,14 +362,21 @@ class Checkpointer:
             plain ``nnx.Optimizer``; a checkpoint saved from one face loads
             into the other), or ``None`` to restore the model only.
           step: the step to restore; ``None`` restores the latest.
+          changes: a :class:`~nnx_momentum.ResumeChanges` allowing the live
+            objects to differ from the checkpoint (other hyperparameters, another
+            or longer schedule, other parameter groups, a velocity of another
+            dtype, new parameters). Every difference is listed as one diff
+            first: refused without the matching permission, logged (logger
+            ``nnx_momentum``) with it. See :mod:`nnx_momentum.checkpoint.resume`.
 
         Returns:
           The step restored, or ``None`` when the directory holds no checkpoint.
 
         Raises:
           ValueError: the step does not exist or is not a non-negative int, the
-            model or optimizer does not match the checkpoint (the message names
-            the paths, shapes, dtypes or hyperparameters that differ), or an
+            model or optimizer differs from the checkpoint in a way ``changes``
+            does not allow (the message lists the whole diff: hyperparameters,
+            scheduler, groups, paths, shapes, dtypes), or an
             array file cannot be read (the message names the step and item).
             The live objects are unchanged.
           RuntimeError: the pending asynchronous save failed.
@@ -390,10 +402,6 @@ class Checkpointer:
             return None
         meta = items.read_meta(self._manager, step, self.directory)
         metadata.check_format(meta, step, self.directory)
-        if optimizer is not None and self.options.check_hyperparams:
-            metadata.compare_hyperparams(
-                meta.get("hyperparams") or {}, metadata.live_hyperparams(optimizer), step
-            )
         live = {"model": targets.live_variables(nnx.state(model), "model")}
         if optimizer is not None:
             live["optimizer"] = targets.live_variables(
@@ -401,17 +409,26 @@ class Checkpointer:
             )
         names = [item for item in items.ARRAY_ITEMS if item in live]
         saved = items.saved_arrays(self._manager, step, names, meta, self.directory)
-        wanted = {}
-        for item in names:
-            saved_keys = set(meta.get("prng_keys", {}).get(item, []))
-            wanted[item] = targets.validated_targets(
-                item, step, live[item], saved[item], saved_keys
-            )
+        # Every difference is listed (and refused unless ``changes`` allows it) before
+        # a single array is read.
+        plan = resume.plan(
+            step,
+            meta,
+            live,
+            saved,
+            optimizer,
+            changes or resume.ResumeChanges(),
+            check_hyperparams=self.options.check_hyperparams,
+        )
         # Read everything into fresh arrays first (one orbax call) ...
-        restored = items.read_arrays(self._manager, step, wanted, self.directory)
+        read = items.read_arrays(self._manager, step, plan.wanted, self.directory)
+        move = None
+        if plan.schedule is not None:
+            move = resume.schedule_mover(optimizer.lr, plan.schedule, read["optimizer"])
         # ... and only then write into the live Variables.
-        for item in names:
-            targets.write_back(live[item], restored[item])
+        plan.write(live, read)
+        if move is not None:
+            move()
         return step
 
     def metadata(self, step: int | None = None) -> dict[str, Any] | None:

@@ -190,9 +190,10 @@ def saved_arrays(
 ) -> dict[str, dict[str, Any]]:
     """``{item: {path: leaf with .shape and .dtype}}`` of the array ``items``; no data read.
 
-    From the JSON item's ``arrays`` (no orbax call at all); for a checkpoint
-    written before the JSON item listed them (nnx_momentum 0.1), from
-    orbax's item metadata.
+    From orbax's own item metadata: what the array files hold. The JSON item's
+    ``arrays`` (absent before 0.2) must agree with it: a checkpoint whose JSON
+    says ``float32`` where the array item holds ``bfloat16`` is refused, never
+    restored with a silent cast.
 
     Args:
       manager: the open orbax manager.
@@ -205,18 +206,9 @@ def saved_arrays(
       Each item's leaves by ``'/'``-joined path.
 
     Raises:
-      ValueError: naming the item whose metadata cannot be read.
-
-    Example:
-      >>> from nnx_momentum.checkpoint.items import saved_arrays
-      >>> meta = {"arrays": {"model": {"w": {"shape": [2], "dtype": "float32"}}}}
-      >>> leaf = saved_arrays(None, 1, ["model"], meta, "/ckpt")["model"]["w"]
-      >>> leaf.shape, leaf.dtype
-      ((2,), dtype('float32'))
+      ValueError: naming the item whose metadata cannot be read, or the first
+        paths where the JSON item and the array item disagree.
     """
-    recorded = _recorded(meta.get("arrays"), items)
-    if recorded is not None:
-        return recorded
     try:
         metadata = manager.item_metadata(step)
     except Exception as e:  # noqa: BLE001
@@ -231,10 +223,32 @@ def saved_arrays(
         tree = getattr(m, "tree", m)
         if tree is None:
             raise ValueError(
-                f"Checkpointer: step {step} in {where!r} has no readable item {item!r}."
+                f"Checkpointer.restore: could not read item {item!r} of step {step} in "
+                f"{where!r}: it is missing or has no metadata."
             )
         out[item] = targets.flatten_saved(tree)
+    recorded = _recorded(meta.get("arrays"), items)
+    for item in items if recorded is not None else ():
+        json_side, array_side = recorded[item], out[item]  # type: ignore[index]
+        bad = [
+            f"{key}: JSON {_layout(json_side.get(key))}, array item {_layout(array_side.get(key))}"
+            for key in sorted(set(json_side) | set(array_side))
+            if _layout(json_side.get(key)) != _layout(array_side.get(key))
+        ]
+        if bad:
+            raise ValueError(
+                f"Checkpointer.restore: step {step} in {where!r}: its JSON item and its "
+                f"array item {item!r} disagree (the files were altered or mixed): "
+                + "; ".join(bad[:5])
+                + ". Nothing was restored."
+            )
     return out
+
+
+def _layout(leaf: Any) -> tuple[tuple[int, ...], str] | None:
+    if leaf is None:
+        return None
+    return tuple(leaf.shape), str(np.dtype(leaf.dtype))
 
 
 def _recorded(arrays: Any, items: Sequence[str]) -> dict[str, dict[str, Any]] | None:

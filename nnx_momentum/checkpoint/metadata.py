@@ -3,7 +3,7 @@
 Every step folder holds, next to the ``model`` and ``optimizer`` arrays, a JSON
 document (no pickle anywhere)::
 
-    {"format": "nnx_momentum.checkpoint/1", "step", "time", "model_class",
+    {"format": "nnx_momentum.checkpoint/2", "step", "time", "model_class",
      "optimizer_class", "hyperparams", "versions", "metrics", "extra", "prng_keys",
      "arrays"}
 
@@ -36,6 +36,7 @@ from nnx_momentum.config import MomentumConfig
 
 __all__ = [
     "FORMAT",
+    "READABLE_FORMATS",
     "check_format",
     "checked_metrics",
     "compare_hyperparams",
@@ -47,8 +48,17 @@ __all__ = [
     "versions",
 ]
 
-FORMAT = "nnx_momentum.checkpoint/1"
-"""The ``format`` of the JSON item; a restore refuses any other."""
+FORMAT = "nnx_momentum.checkpoint/2"
+"""The ``format`` of the JSON item this version writes.
+
+``/2`` (0.3): the optimizer state has one path per leaf whatever the
+hyperparameter values. ``/1`` (0.1, 0.2) placed the velocity by how many clip
+and decay steps were on; a restore still reads it, matching the optimizer
+state by role (:mod:`nnx_momentum.layout`).
+"""
+
+READABLE_FORMATS = ("nnx_momentum.checkpoint/1", FORMAT)
+"""The formats a restore reads; it refuses any other."""
 
 _STACK = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint")
 _IGNORED = frozenset({"optimizer"})  # the faces share one state layout
@@ -242,7 +252,7 @@ def meta_item(
       >>> meta = meta_item(1, object(), nm.SGD(lr=0.1), metrics=None, extra={},
       ...                  prng_keys={"model": [], "optimizer": []})
       >>> meta["format"], meta["optimizer_class"], meta["hyperparams"]["lr"]["name"]
-      ('nnx_momentum.checkpoint/1', 'SGD', 'FixedLR')
+      ('nnx_momentum.checkpoint/2', 'SGD', 'FixedLR')
     """
     return {
         "format": FORMAT,
@@ -268,20 +278,21 @@ def check_format(meta: Mapping[str, Any], step: int, directory: str) -> None:
       directory: the checkpoint root, for the message.
 
     Raises:
-      ValueError: ``meta['format']`` is not :data:`FORMAT`.
+      ValueError: ``meta['format']`` is not one of :data:`READABLE_FORMATS`.
 
     Example:
       >>> from nnx_momentum.checkpoint.metadata import check_format
-      >>> check_format({"format": "nnx_momentum.checkpoint/1"}, 3, "/ckpt")
+      >>> check_format({"format": "nnx_momentum.checkpoint/2"}, 3, "/ckpt")
       >>> check_format({}, 3, "/ckpt")
       Traceback (most recent call last):
       ...
       ValueError: Checkpointer.restore: step 3 in '/ckpt' was not written by ...
     """
-    if meta.get("format") != FORMAT:
+    if meta.get("format") not in READABLE_FORMATS:
         raise ValueError(
             f"Checkpointer.restore: step {step} in {directory!r} was not written by "
-            f"nnx_momentum.Checkpointer (format {meta.get('format')!r}, expected {FORMAT!r})."
+            f"nnx_momentum.Checkpointer (format {meta.get('format')!r}, expected one of "
+            f"{list(READABLE_FORMATS)})."
         )
 
 

@@ -423,7 +423,7 @@ class Checkpointer:
         # Read everything into fresh arrays first (one orbax call) ...
         read = items.read_arrays(self._manager, step, plan.wanted, self.directory)
         move = None
-        if plan.schedule is not None:
+        if plan.schedule is not None and optimizer is not None:
             move = resume.schedule_mover(optimizer.lr, plan.schedule, read["optimizer"])
         # ... and only then write into the live Variables.
         plan.write(live, read)

@@ -321,7 +321,7 @@ def plan(
                 if param is not None:
                     kind = "new params" if param in new_param_set else "tree"
                     diffs.append(
-                        Difference(kind, f"optimizer velocity {param}", None, _layout(var))
+                        Difference(kind, f"optimizer {r}", None, _layout(var))
                     )
                 elif r.startswith(("count/", "learning_rate/")):
                     if r.startswith("count/") and "count/0" in saved_roles:

@@ -320,9 +320,7 @@ def plan(
                 param = layout.param_path(r)
                 if param is not None:
                     kind = "new params" if param in new_param_set else "tree"
-                    diffs.append(
-                        Difference(kind, f"optimizer {r}", None, _layout(var))
-                    )
+                    diffs.append(Difference(kind, f"optimizer {r}", None, _layout(var)))
                 elif r.startswith(("count/", "learning_rate/")):
                     if r.startswith("count/") and "count/0" in saved_roles:
                         group_counts[live_key] = saved_roles["count/0"]

@@ -14,6 +14,7 @@ results, which the ``slow`` tests below read. The rest runs in-process on one de
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -414,6 +415,38 @@ def checkpoints_between_sharded_and_unsharded() -> None:
         )
         _assert_one_nth(fresh_opt)
         assert _param_specs(fresh) == {()}
+
+
+@_check
+def restore_diff_shows_the_sharding_change() -> None:
+    """A ZeRO-1 checkpoint restored onto one device: the diff (logged at INFO) says so."""
+    mesh = _meshes()["explicit"]
+    with jax.set_mesh(mesh):
+        model = _replicated_model(mesh)
+        opt = nm.MomentumOptimizer(model, lr=0.1, shard_state_over="data")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("nnx_momentum")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with tempfile.TemporaryDirectory() as root:
+            with nm.Checkpointer(root, async_save=False) as ckpt:
+                ckpt.save(1, model, opt)
+            fresh = MLP(nnx.Rngs(1))
+            with nm.Checkpointer(root) as ckpt:
+                assert ckpt.restore(fresh, nm.MomentumOptimizer(fresh, lr=0.1)) == 1
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+    (record,) = records
+    assert record.levelno == logging.INFO, record
+    text = record.getMessage()
+    assert "sharding       model (4 arrays): mesh (data=8) () -> 1 device" in text, text
+    # the velocity split over 'data' (ZeRO-1), the rest replicated
+    assert "optimizer (2 arrays): mesh (data=8) ('data', None) -> 1 device" in text, text
+    assert "optimizer (1 arrays): mesh (data=8) ('data',) -> 1 device" in text, text
 
 
 @_check

@@ -8,7 +8,8 @@ optimizer as one readable diff (:class:`ResumeDiff`), before a single array is
 read. A difference is loaded only when the matching field of
 :class:`ResumeChanges` allows it; otherwise the restore is refused with the
 whole diff, and nothing is loaded. An allowed diff is logged (logger
-``nnx_momentum``, level WARNING): nothing changes silently.
+``nnx_momentum``, level WARNING; INFO when only the shardings differ):
+nothing changes silently.
 
 The optimizer's state is matched by *role* (:mod:`nnx_momentum.layout`), not by
 path: the velocity of ``fc1/kernel`` is found wherever the checkpoint put it --
@@ -24,6 +25,7 @@ kind               what differs                                            allow
 ``groups``         the number of parameter groups, or a parameter's group  ``groups=True``
 ``velocity dtype`` ``accumulator_dtype``: the velocity is cast explicitly  ``velocity_dtype=True``
 ``new params``     parameters the checkpoint lacks (zero velocity)         ``new_params=True``
+``sharding``       the arrays land on other devices or shardings           always (shown)
 ``tree``, ``shape``, ``dtype``: a parameter the live model lacks, another shape,
 a model array of another dtype                                         never
 =================  =====================================================  ====================
@@ -108,6 +110,8 @@ class ResumeChanges:
             return False
         if kind == "schedule":
             return self.schedule is not None
+        if kind == "sharding":
+            return True  # a restore lands on the live devices: shown, never refused
         return bool(getattr(self, kind.replace(" ", "_")))
 
 
@@ -117,7 +121,8 @@ class Difference:
 
     Attributes:
       kind: ``'hyperparams'``, ``'schedule'``, ``'groups'``, ``'velocity dtype'``,
-        ``'new params'``, or (never loadable) ``'tree'``, ``'shape'``, ``'dtype'``.
+        ``'new params'``, ``'sharding'`` (shown, always loaded onto the live
+        shardings), or (never loadable) ``'tree'``, ``'shape'``, ``'dtype'``.
       what: the setting or path.
       saved: the checkpoint's value (``None``: absent).
       live: the live value (``None``: absent).
@@ -380,6 +385,7 @@ def plan(
                         sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]),
                     )
 
+    diffs += _sharding_differences(wanted, saved, sources)
     diff = ResumeDiff(step, tuple(diffs))
     refused = diff.refused(changes)
     if refused:
@@ -387,8 +393,10 @@ def plan(
             f"Checkpointer.restore: the live objects do not match step {step}; nothing was "
             f"restored.\n{diff}\n{_advice(refused)}"
         )
-    if diff:
+    if any(d.kind != "sharding" for d in diff.differences):
         logger.warning("Checkpointer.restore: resuming with changes, as allowed:\n%s", diff)
+    elif diff:
+        logger.info("Checkpointer.restore: onto other shardings:\n%s", diff)
     return Plan(
         diff, wanted, sources, casts, group_counts, changes.schedule if schedule_changed else None
     )
@@ -418,6 +426,44 @@ def _advice(refused: list[Difference]) -> str:
             "(layers, BatchNorm/Dropout) and optimizer?"
         )
     return " ".join(out)
+
+
+def _sharding_differences(
+    wanted: Mapping[str, Mapping[str, jax.ShapeDtypeStruct]],
+    saved: Mapping[str, Mapping[str, Any]],
+    sources: Mapping[str, Mapping[str, str]],
+) -> list[Difference]:
+    """One line per item and (saved, live) layout pair whose shardings differ."""
+    out = []
+    for item, paths in sources.items():
+        pairs: dict[tuple[str, str], int] = {}
+        for saved_key in paths.values():
+            before = _saved_sharding(saved[item].get(saved_key))
+            after = _live_sharding(wanted[item][saved_key].sharding)
+            if before is not None and before != after:
+                pairs[before, after] = pairs.get((before, after), 0) + 1
+        out += [
+            Difference("sharding", f"{item} ({n} arrays)", a, b)
+            for (a, b), n in sorted(pairs.items())
+        ]
+    return out
+
+
+def _saved_sharding(leaf: Any) -> str | None:
+    """A saved array's sharding, as orbax's metadata records it (None: not recorded)."""
+    meta = getattr(leaf, "sharding", None)
+    axes, shape = getattr(meta, "axis_names", None), getattr(meta, "shape", None)
+    if axes is None or shape is None:
+        return "1 device" if meta is not None else None
+    mesh = ", ".join(f"{a}={int(n)}" for a, n in zip(axes, np.asarray(shape).tolist()))
+    return f"mesh ({mesh}) {tuple(getattr(meta, 'partition_spec', ()) or ())}"
+
+
+def _live_sharding(sharding: Any) -> str:
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        mesh = ", ".join(f"{a}={n}" for a, n in sharding.mesh.shape.items())
+        return f"mesh ({mesh}) {tuple(sharding.spec)}"
+    return "1 device" if len(sharding.device_set) == 1 else str(sharding)
 
 
 def _abstract_absent(

@@ -236,7 +236,7 @@ SHARDING_SCRIPT = textwrap.dedent(
         step = nm.make_train_step(lambda m, x: jnp.mean(m(x) ** 2), model, opt)
         step(jnp.ones((8, 4)))
         step(jnp.ones((8, 4)))
-    trace = opt.opt_state.inner_state[0].trace
+    trace = opt.opt_state.inner_state[3].trace
     ka = model.a.kernel.get_value().sharding
     va = trace["a"]["kernel"].get_value().sharding
     vb = trace["b"].get_value().sharding

@@ -76,7 +76,7 @@ def test_complex_parameters_and_accumulator():
     tx = nm.momentum(0.1, accumulator_dtype=jnp.complex64)
     params = {"z": jnp.array([1 + 1j, 2 - 1j], jnp.complex64)}
     updates, state = tx.update(params, tx.init(params), params)
-    assert state.inner_state[0].trace["z"].dtype == jnp.complex64
+    assert state.inner_state[3].trace["z"].dtype == jnp.complex64
     np.testing.assert_allclose(updates["z"], -0.1 * params["z"], rtol=1e-6)
 
 
@@ -107,7 +107,7 @@ SHARDED_INIT = textwrap.dedent(
 
     with jax.set_mesh(mesh):
         model, optimizer = create()
-        velocity = optimizer.opt_state.inner_state[0].trace["l1"]["kernel"].get_value()
+        velocity = optimizer.opt_state.inner_state[3].trace["l1"]["kernel"].get_value()
         kernel = model.l1.kernel.get_value()
         assert kernel.sharding.spec == P(None, "model"), kernel.sharding
         assert velocity.sharding.is_equivalent_to(kernel.sharding, 2), velocity.sharding

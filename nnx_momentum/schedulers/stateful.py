@@ -14,10 +14,9 @@ import jax
 import jax.numpy as jnp
 
 from nnx_momentum import _validation
-from nnx_momentum.schedulers.base import LRScheduler
-from nnx_momentum.schedulers.support import (
+from nnx_momentum.schedulers._support import (
+    ArrayLike,
     BaseLR,
-    SchedulerState,
     _f32,
     _group_values,
     _read,
@@ -25,10 +24,9 @@ from nnx_momentum.schedulers.support import (
     _stored,
     _write,
 )
+from nnx_momentum.schedulers.base import LRScheduler, SchedulerState
 
 __all__ = ["CosineAnnealingWarmRestarts", "ReduceLROnPlateau"]
-
-ArrayLike = jax.typing.ArrayLike
 
 
 class CosineAnnealingWarmRestarts(LRScheduler):

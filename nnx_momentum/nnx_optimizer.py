@@ -232,9 +232,12 @@ class MomentumOptimizer(ConfigAttributes, nnx.Optimizer[M]):
         current sharding (see :mod:`nnx_momentum.tree`).
 
         Raises:
-          ValueError: naming the first path whose presence, shape or dtype differs;
-            the optimizer is then left untouched.
+          ValueError: naming the first path whose presence, shape or dtype differs,
+            or a scheduler state with a negative or non-finite epoch or LR
+            (``LRScheduler.load_state_dict``); the optimizer is then left untouched.
         """
+        if isinstance(state_dict, dict) and "lr" in state_dict:
+            self.lr._check_state_values({"lr": state_dict["lr"]}, "state_dict")
         tree.load_into(self.state_tree(), state_dict)
 
     @property

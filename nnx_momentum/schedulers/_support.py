@@ -14,10 +14,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
 from nnx_momentum import _validation
+from nnx_momentum.tree import flatten, path_str
 
 __all__: list[str] = []
 
@@ -139,3 +141,71 @@ def _increasing_ints(name: str, value: Any, *, minimum: int = 0) -> tuple[int, .
     if any(b <= a for a, b in zip(out, out[1:], strict=False)):
         raise ValueError(f"{name} must be strictly increasing, got {value!r}.")
     return tuple(out)
+
+
+MAX_EPOCH = int(np.iinfo(np.int32).max)
+"""The largest epoch: ``last_epoch`` is int32."""
+
+
+def _checked_epoch(epoch: Any, what: str) -> Any:
+    """``epoch`` if it is a real number in ``[0, MAX_EPOCH]``; a traced epoch as is.
+
+    A traced epoch (inside ``jit``) has no value to check: it is used as given.
+
+    Raises:
+      TypeError: ``epoch`` is not a real scalar (e.g. a string, or an array of shape ``(n,)``).
+      ValueError: ``epoch`` is negative, NaN, infinite or beyond ``MAX_EPOCH``.
+    """
+    if _validation.is_traced(epoch):
+        return epoch
+    value = np.asarray(epoch)
+    if value.shape != () or value.dtype.kind not in "biuf":
+        raise TypeError(f"{what}: epoch must be a real scalar (an int or a float), got {epoch!r}.")
+    if not (np.isfinite(value) and 0 <= value <= MAX_EPOCH):
+        raise ValueError(
+            f"{what}: epoch must be a finite number in [0, {MAX_EPOCH}], got {epoch!r}; "
+            "nothing was changed."
+        )
+    return epoch
+
+
+# The range of each kind of scheduler state, by its name: (low, high, high included).
+_STATE_RANGES = {
+    "last_epoch": (0, MAX_EPOCH, True),
+    "epoch_fraction": (0, 1, False),
+    "current_lr": (0, np.inf, False),
+    "T_cur": (0, MAX_EPOCH, True),
+    "T_i": (1, MAX_EPOCH, True),
+}
+
+
+def _check_state_values(state_dict: Any, what: str) -> None:
+    """Refuses a scheduler state holding a negative or non-finite epoch or LR, naming its path.
+
+    Checks the values of the states named in ``_STATE_RANGES`` wherever they sit
+    in ``state_dict`` (children of composites included); other paths, traced
+    values and values that are not numbers are left to the tree rule
+    (:func:`nnx_momentum.tree.load_into`).
+
+    Raises:
+      ValueError: ``'<what> at <path>: ... must be ...'``.
+    """
+    for path, leaf in flatten(state_dict).items():
+        bounds = _STATE_RANGES.get(path[-1]) if path else None
+        value = leaf.get_value() if isinstance(leaf, nnx.Variable) else leaf
+        if bounds is None or _validation.is_traced(value):
+            continue
+        try:
+            array = np.asarray(value)
+        except (TypeError, ValueError):
+            continue
+        if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+            continue
+        low, high, closed = bounds
+        inside = np.isfinite(array) & (array >= low) & (array <= high if closed else array < high)
+        if not np.all(inside):
+            interval = f"[{low}, {high}]" if closed else f"[{low}, {high})"
+            raise ValueError(
+                f"{what} at {path_str(path)}: {path[-1]} must be finite and in {interval}, "
+                f"got {array.tolist()}; nothing was loaded."
+            )

@@ -23,6 +23,8 @@ from nnx_momentum.schedulers._support import (
     LAYOUT_0_2,
     ArrayLike,
     BaseLR,
+    _check_state_values,
+    _checked_epoch,
     _f32,
     _group_values,
     _read,
@@ -336,14 +338,34 @@ class LRScheduler(nnx.Pytree):
 
         Args:
           epoch: ``None`` (``last_epoch + 1``, the fraction kept) or the epoch to
-            jump to: an int, a float (``2.5``) or a scalar array, traced or not.
+            jump to: an int, a float (``2.5``) or a scalar array, traced or not,
+            in ``[0, 2**31 - 1]``. A traced epoch (inside ``jit``) has no value
+            to check and is used as given: check it before you trace the step.
+
+        Raises:
+          ValueError: a concrete ``epoch`` that is negative, NaN, infinite or
+            beyond ``2**31 - 1`` (the message names it); the scheduler is unchanged.
+          TypeError: ``epoch`` is not a real scalar.
+
+        Example:
+          >>> import nnx_momentum.schedulers as sch
+          >>> s = sch.CosineAnnealingLR(0.1, T_max=4)
+          >>> s.step(2)
+          >>> try:
+          ...     s.step(float("nan"))
+          ... except ValueError as e:
+          ...     print(str(e)[:57])
+          CosineAnnealingLR.step: epoch must be a finite number in
+          >>> int(s.last_epoch[...]), s.get_last_lr()
+          (2, [0.05])
         """
         self._step_to(*self._next_epoch(epoch))
 
     def _next_epoch(self, epoch: ArrayLike | None) -> tuple[jax.Array, jax.Array]:
+        """``(whole, fraction)`` of the epoch ``step(epoch)`` moves to; ``epoch`` checked."""
         if epoch is None:
             return _read(self.last_epoch) + 1, _read(self.epoch_fraction)
-        return _split_epoch(epoch)
+        return _split_epoch(_checked_epoch(epoch, f"{type(self).__name__}.step"))
 
     def _step_to(self, whole: jax.Array, frac: jax.Array) -> None:
         """Moves to epoch ``whole + frac`` (already split) and recomputes ``current_lr``."""
@@ -468,7 +490,9 @@ class LRScheduler(nnx.Pytree):
         Raises:
           TypeError: ``state_dict`` is not a dict.
           ValueError: a path is missing or unknown, or a shape or dtype differs;
-            the message names the path (``'schedulers/1/current_lr'``). For
+            an epoch (``last_epoch``, ``epoch_fraction``, ``T_cur``, ``T_i``) or a
+            ``current_lr`` is negative or non-finite (``epoch_fraction`` must be
+            below 1); the message names the path (``'schedulers/1/current_lr'``). For
             composites, a state with another number or kind of children (or of
             milestones) is refused naming ``schedulers`` (``milestones``).
         """
@@ -479,10 +503,19 @@ class LRScheduler(nnx.Pytree):
             )
         what = f"{type(self).__name__}.load_state_dict"
         self._check_state_dict(state_dict, what)
+        self._check_state_values(state_dict, what)
         load_into(nnx.state(self, SchedulerState), state_dict, what=what)
 
     def _check_state_dict(self, state_dict: dict[str, Any], what: str) -> None:
         """Composites refuse another composition here, before the tree rule runs."""
+
+    def _check_state_values(self, state_dict: Any, what: str) -> None:
+        """Refuses a state whose epoch or LR is negative or non-finite (naming the path).
+
+        The optimizers call it on the ``lr`` part of their state dicts, so an
+        epoch is checked wherever a state is loaded.
+        """
+        _check_state_values(state_dict, what)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-serialisable description: class name and constructor arguments.

@@ -169,17 +169,19 @@ class ChainedScheduler(LRScheduler):
 
         Raises:
           TypeError: a ``ReduceLROnPlateau`` child and no ``metric``.
+          ValueError: a negative or non-finite ``epoch``; no child moves.
         """
         if self._has_plateau() and metric is None:
             raise TypeError(
                 "ChainedScheduler.step() holds a ReduceLROnPlateau: call step(metric=...)."
             )
+        target = self._next_epoch(epoch)  # checks epoch before any child moves
         for child in self.schedulers:
             if isinstance(child, ReduceLROnPlateau):
                 child.step(metric, epoch)
             else:
                 child.step(epoch)
-        super()._step_to(*self._next_epoch(epoch))
+        super()._step_to(*target)
 
     def _step_to(self, whole: jax.Array, frac: jax.Array) -> None:
         if self._has_plateau():

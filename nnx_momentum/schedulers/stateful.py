@@ -117,7 +117,7 @@ class CosineAnnealingWarmRestarts(LRScheduler):
 
     def step(self, epoch: ArrayLike | None = None) -> None:
         if epoch is not None:
-            self._step_to(*_split_epoch(epoch))
+            self._step_to(*self._next_epoch(epoch))
             return
         t_cur, t_i = _read(self.T_cur) + 1, _read(self.T_i)
         restart = t_cur >= t_i
@@ -262,6 +262,7 @@ class ReduceLROnPlateau(LRScheduler):
 
         Raises:
           TypeError: ``metric`` is missing.
+          ValueError: a negative or non-finite ``epoch`` (nothing is changed).
         """
         if metric is None:
             raise TypeError("ReduceLROnPlateau.step() needs the metric: call step(metric).")

@@ -342,3 +342,47 @@ def test_hyperparams_are_json_and_stable_across_processes():
     assert runs[0].stdout == runs[1].stdout
     first = json.loads(runs[0].stdout.splitlines()[0])
     assert first["grad_clip_norm"] == 1.0 and first["lr"]["name"] == "FixedLR"
+
+
+def test_load_state_dict_takes_a_python_int_step_and_float_lr():
+    # torch's state dicts hold numbers; they take the live dtype when they fit
+    model = MLP(nnx.Rngs(0))
+    opt = nm.MomentumOptimizer(model, lr=nm.StepLR(0.1, step_size=2))
+    src_model = MLP(nnx.Rngs(0))
+    src = nm.MomentumOptimizer(src_model, lr=nm.StepLR(0.1, step_size=2))
+    for x, y in batches(3):
+        src.update(src_model, nnx.grad(loss_fn)(src_model, x, y))
+    src.lr.step(3)
+    sd = src.state_dict()
+    sd["step"] = 3
+    sd["lr"]["last_epoch"] = 3
+    sd["lr"]["current_lr"] = 0.01
+    opt.load_state_dict(sd)
+    assert opt.step_count == 3 and opt.state_tree()["step"].get_value().dtype == jnp.uint32
+    assert int(opt.lr.last_epoch[...]) == 3 and opt.get_last_lr() == [0.01]
+    assert tree_equal(opt.state_dict()["opt_state"], src.state_dict()["opt_state"])
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        (("step",), -1, r"at step: -1 does not fit the live uint32"),
+        (("step",), 2.5, r"at step: 2.5 does not fit the live uint32"),
+        (("lr", "last_epoch"), -1, r"at lr/last_epoch: last_epoch must be finite"),
+        (("lr", "last_epoch"), jnp.asarray(-1, jnp.int32), r"at lr/last_epoch: last_epoch"),
+        (("lr", "current_lr"), float("nan"), r"at lr/current_lr: current_lr must be finite"),
+    ],
+)
+def test_load_state_dict_refuses_lossy_numbers_and_bad_epochs_naming_the_path(
+    key, value, message
+):
+    opt = nm.MomentumOptimizer(MLP(nnx.Rngs(0)), lr=nm.StepLR(0.1, step_size=2))
+    before = opt.state_dict()
+    bad = opt.state_dict()
+    node = bad
+    for k in key[:-1]:
+        node = node[k]
+    node[key[-1]] = value
+    with pytest.raises(ValueError, match=message):
+        opt.load_state_dict(bad)
+    assert tree_equal(before, opt.state_dict())

@@ -373,9 +373,7 @@ def test_load_state_dict_takes_a_python_int_step_and_float_lr():
         (("lr", "current_lr"), float("nan"), r"at lr/current_lr: current_lr must be finite"),
     ],
 )
-def test_load_state_dict_refuses_lossy_numbers_and_bad_epochs_naming_the_path(
-    key, value, message
-):
+def test_load_state_dict_refuses_lossy_numbers_and_bad_epochs_naming_the_path(key, value, message):
     opt = nm.MomentumOptimizer(MLP(nnx.Rngs(0)), lr=nm.StepLR(0.1, step_size=2))
     before = opt.state_dict()
     bad = opt.state_dict()

@@ -349,15 +349,15 @@ class LRScheduler(nnx.Pytree):
 
         Example:
           >>> import nnx_momentum.schedulers as sch
-          >>> s = sch.CosineAnnealingLR(0.1, T_max=4)
+          >>> s = sch.ExponentialLR(0.1, gamma=0.5)
           >>> s.step(2)
           >>> try:
           ...     s.step(float("nan"))
           ... except ValueError as e:
-          ...     print(str(e)[:57])
-          CosineAnnealingLR.step: epoch must be a finite number in
+          ...     print(e)
+          ExponentialLR.step: epoch must be a finite number in [0, 2147483647], got nan; ...
           >>> int(s.last_epoch[...]), s.get_last_lr()
-          (2, [0.05])
+          (2, [0.025])
         """
         self._step_to(*self._next_epoch(epoch))
 

@@ -66,6 +66,8 @@ class MomentumOptimizer(ConfigAttributes, nnx.Optimizer[M]):
       tx_wrapper: a function wrapping the transformation, e.g.
         ``lambda tx: optax.MultiSteps(tx, every_k_schedule=4)`` for gradient
         accumulation; the runtime LR and the scheduler keep working through it.
+        Checked at construction: what it returns must run the transformation it
+        was given and hold no other ``optax.inject_hyperparams`` state.
       shard_state_over: a mesh axis name (e.g. ``"data"``) to shard the optimizer
         state over (ZeRO stage 1): each velocity leaf is split over that axis
         along a dimension divisible by its size (leaves with none stay as their
@@ -86,7 +88,12 @@ class MomentumOptimizer(ConfigAttributes, nnx.Optimizer[M]):
         parameter that is not floating or complex, or a group that selects nothing;
         naming ``shard_state_over``, when there is no mesh or it has no such axis.
       TypeError: ``groups`` items that are not ``ParamGroup``s, or a ``tx_wrapper``
-        that does not return a transformation.
+        that does not return a transformation (or one whose ``init`` fails).
+      ValueError: a ``tx_wrapper`` whose transformation would lose the runtime LR:
+        its state (probed with ``jax.eval_shape`` of its ``init``) must hold exactly
+        the ``optax.inject_hyperparams`` states of the transformation it was given,
+        one per group -- not none (``lambda tx: optax.identity()``) and no other
+        (a chained ``optax.inject_hyperparams(optax.sgd)(...)``).
 
     Example:
       >>> import jax.numpy as jnp
@@ -141,11 +148,7 @@ class MomentumOptimizer(ConfigAttributes, nnx.Optimizer[M]):
             configs, labels = [config], {}
             tx = from_config(config, lr_lib.initial_learning_rate(scheduler))
         if tx_wrapper is not None:
-            tx = tx_wrapper(tx)
-            if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
-                raise TypeError(
-                    f"tx_wrapper must return an optax transformation, got {type(tx).__name__}."
-                )
+            tx = _wrapped(tx_wrapper, tx, nnx.state(model, wrt, graph=graph))
         if shard_state_over is not None:
             tx = sharding_lib.shard_state(tx, nnx.state(model, wrt, graph=graph), shard_state_over)
         super().__init__(model, tx, wrt=wrt, graph=graph)
@@ -232,9 +235,12 @@ class MomentumOptimizer(ConfigAttributes, nnx.Optimizer[M]):
         current sharding (see :mod:`nnx_momentum.tree`).
 
         Raises:
-          ValueError: naming the first path whose presence, shape or dtype differs;
-            the optimizer is then left untouched.
+          ValueError: naming the first path whose presence, shape or dtype differs,
+            or a scheduler state with a negative or non-finite epoch or LR
+            (``LRScheduler.load_state_dict``); the optimizer is then left untouched.
         """
+        if isinstance(state_dict, dict) and "lr" in state_dict:
+            self.lr._check_state_values({"lr": state_dict["lr"]}, "state_dict")
         tree.load_into(self.state_tree(), state_dict)
 
     @property
@@ -300,6 +306,62 @@ class MomentumOptimizer(ConfigAttributes, nnx.Optimizer[M]):
     def default_tx(self) -> optax.GradientTransformation:
         """The optax transformation ``update`` applies (``self.tx``)."""
         return self.tx
+
+
+def _wrapped(
+    tx_wrapper: Callable[[optax.GradientTransformation], Any],
+    tx: optax.GradientTransformation,
+    params: nnx.State,
+) -> Any:
+    """``tx_wrapper(tx)``, checked on a probe state so that the runtime LR still reaches it.
+
+    ``update`` writes the scheduler's LR into the ``optax.inject_hyperparams``
+    states of ``tx`` (one per group), found in the optimizer state. The wrapped
+    transformation's state, probed by ``jax.eval_shape`` of its ``init`` (no
+    computation), must hold exactly those: a wrapper that drops ``tx`` would lose
+    the LR, and another inject state would have its hyperparameters overwritten.
+
+    Raises:
+      TypeError: the result is not a transformation, or its ``init`` fails on ``params``.
+      ValueError: its state does not hold exactly ``tx``'s inject states.
+    """
+    wrapped = tx_wrapper(tx)
+    if not (
+        callable(getattr(wrapped, "init", None)) and callable(getattr(wrapped, "update", None))
+    ):
+        raise TypeError(
+            f"tx_wrapper must return an optax transformation, got {type(wrapped).__name__}."
+        )
+    try:
+        probe = jax.eval_shape(wrapped.init, params)
+    except Exception as error:
+        raise TypeError(
+            "tx_wrapper returned a transformation whose init fails on the parameters: "
+            f"{type(error).__name__}: {error}"
+        ) from error
+    expected = [
+        jax.tree.structure(s) for s in groups_lib.inject_states(jax.eval_shape(tx.init, params))
+    ]
+    found = groups_lib.inject_states(probe)
+    n = len(expected)
+    if not found:
+        raise ValueError(
+            f"tx_wrapper returned a transformation whose state holds no "
+            f"optax.inject_hyperparams state of the transformation it was given (expected {n}, "
+            "one per parameter group): it does not run it (e.g. optax.identity()), so the "
+            "scheduler's learning rate would never be applied. Wrap the given transformation, "
+            "e.g. lambda tx: optax.MultiSteps(tx, every_k_schedule=4)."
+        )
+    if [jax.tree.structure(state) for state in found] != expected:
+        raise ValueError(
+            f"tx_wrapper returned a transformation whose state holds {len(found)} "
+            f"optax.inject_hyperparams state(s); expected exactly the {n} of the transformation "
+            "it was given (one per parameter group). Another inject_hyperparams transformation "
+            "(e.g. optax.inject_hyperparams(optax.sgd)(...)) would have its learning_rate "
+            "silently overwritten by the scheduler's at every update: chain plain optax "
+            "transformations, and give the learning rate through lr."
+        )
+    return wrapped
 
 
 def _checked_groups(groups: Sequence[ParamGroup]) -> tuple[ParamGroup, ...]:

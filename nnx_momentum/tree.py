@@ -8,7 +8,12 @@ one rule for loading values into live Variables:
 - paths are tuples of *strings* (orbax and JSON turn int keys into strings), and
   read as ``'l1/kernel'`` in messages;
 - a tree to load must have exactly the live tree's paths, shapes and dtypes:
-  a value of another dtype is refused, never silently cast;
+  an array of another dtype is refused, never silently cast. A plain Python or
+  numpy number (``'step': 5``, ``'current_lr': 0.1``, as torch's state dicts hold
+  them) takes its live leaf's dtype when it fits: an integer exactly (within the
+  dtype's range), a float into a floating leaf rounded to nearest (without
+  overflow), a whole float into an integer leaf; anything lossy (``-1`` or
+  ``2.5`` into a uint32 ``step``) is refused naming the path;
 - a loaded value lands on the device(s) and sharding its live Variable has now,
   as a fresh copy (never aliasing the caller's buffer, which a donated compiled
   step would otherwise invalidate);
@@ -19,6 +24,8 @@ one rule for loading values into live Variables:
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -151,7 +158,11 @@ def check_like(expected: Any, given: Any, what: str = "state_dict") -> None:
       ValueError: ``'<what> does not match ...: missing paths [...], unknown
         paths [...]'``, or ``'<what> at <path>: expected shape/dtype ..., got ...'``.
     """
-    flat_expected, flat_given = flatten(expected), flatten(given)
+    _check_flat(flatten(expected), flatten(given), what)
+
+
+def _check_flat(flat_expected: dict[Path, Any], flat_given: dict[Path, Any], what: str) -> None:
+    """:func:`check_like` on flattened trees."""
     missing = [
         path_str(k)
         for k in sorted(set(flat_expected) - set(flat_given))
@@ -194,7 +205,8 @@ def load_into(tree: Any, values: Any, what: str = "state_dict") -> None:
       what: how messages name ``values``.
 
     Raises:
-      ValueError: from :func:`check_like`; ``tree`` is then untouched.
+      ValueError: from :func:`check_like`, or a plain number that does not fit
+        its live leaf's dtype (naming the path); ``tree`` is then untouched.
 
     Example:
       >>> import jax.numpy as jnp
@@ -204,16 +216,69 @@ def load_into(tree: Any, values: Any, what: str = "state_dict") -> None:
       >>> load_into(nnx.state(model), {"kernel": jnp.ones((2, 1)), "bias": jnp.ones(1)})
       >>> model.bias[...]
       Array([1.], dtype=float32)
+      >>> counter = nnx.Variable(jnp.zeros((), jnp.uint32))
+      >>> load_into({"count": counter}, {"count": 5})  # a plain int takes the live dtype
+      >>> counter[...]
+      Array(5, dtype=uint32)
     """
     state = nnx.state(tree) if isinstance(tree, nnx.Pytree) else tree
     live = live_variables(state, what)
-    check_like(state, values, what)
-    given = flatten(values)
+    given = {
+        path: _number_as_live(live[path], value, path, what) if path in live else value
+        for path, value in flatten(values).items()
+    }
+    _check_flat(live, given, what)
     for path, var in live.items():
         if path not in given:
             continue  # optional and absent (see the module docstring): keep the live value
         sharding = getattr(var.get_value(), "sharding", None)
         var.set_value(jax.device_put(_value(given[path]), sharding, may_alias=False))
+
+
+def _is_plain_number(value: Any) -> bool:
+    """A Python or numpy real scalar (not a bool, not an array)."""
+    return isinstance(value, (numbers.Real, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_, np.ndarray, jax.Array)
+    )
+
+
+def _number_as_live(live: Any, value: Any, path: Path, what: str) -> Any:
+    """A plain number (see the module docstring) as a numpy scalar of ``live``'s dtype.
+
+    Anything else is returned as is, for :func:`check_like` to judge.
+
+    Raises:
+      ValueError: the number does not fit the live dtype; the message names the path.
+    """
+    value = _value(value)
+    ref = _value(live)
+    if not _is_plain_number(value) or not hasattr(ref, "dtype"):
+        return value
+    dtype = np.dtype(ref.dtype)
+    where = f"{what} at {path_str(path)}"
+    if jnp.issubdtype(dtype, jnp.integer):
+        info = np.iinfo(dtype)
+        whole = float(value).is_integer() if isinstance(value, (float, np.floating)) else True
+        if not whole or not info.min <= int(value) <= info.max:
+            raise ValueError(
+                f"{where}: {value!r} does not fit the live {dtype} exactly (expected an "
+                f"integer in [{info.min}, {info.max}]); nothing was loaded."
+            )
+        return np.asarray(int(value), dtype)
+    if jnp.issubdtype(dtype, jnp.floating):
+        with np.errstate(over="ignore"):  # an overflow is refused below, with the path
+            converted = np.asarray(value, dtype)
+        if isinstance(value, (int, np.integer)):
+            fits = float(converted) == int(value)  # exact (Python compares int and float exactly)
+        else:  # rounded to nearest; only an overflow to infinity is refused
+            fits = math.isfinite(float(converted)) or not math.isfinite(float(value))
+        if not fits:
+            raise ValueError(
+                f"{where}: {value!r} does not fit the live {dtype} (it would become "
+                f"{float(converted)!r}); nothing was loaded."
+            )
+        return converted
+    return value  # complex or bool leaves: the dtype rule decides
 
 
 def match_grads(weights: nnx.State, grads: Any) -> nnx.State:

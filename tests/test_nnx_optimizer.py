@@ -342,3 +342,102 @@ def test_hyperparams_are_json_and_stable_across_processes():
     assert runs[0].stdout == runs[1].stdout
     first = json.loads(runs[0].stdout.splitlines()[0])
     assert first["grad_clip_norm"] == 1.0 and first["lr"]["name"] == "FixedLR"
+
+
+def test_load_state_dict_takes_a_python_int_step_and_float_lr():
+    # torch's state dicts hold numbers; they take the live dtype when they fit
+    model = MLP(nnx.Rngs(0))
+    opt = nm.MomentumOptimizer(model, lr=nm.StepLR(0.1, step_size=2))
+    src_model = MLP(nnx.Rngs(0))
+    src = nm.MomentumOptimizer(src_model, lr=nm.StepLR(0.1, step_size=2))
+    for x, y in batches(3):
+        src.update(src_model, nnx.grad(loss_fn)(src_model, x, y))
+    src.lr.step(3)
+    sd = src.state_dict()
+    sd["step"] = 3
+    sd["lr"]["last_epoch"] = 3
+    sd["lr"]["current_lr"] = 0.01
+    opt.load_state_dict(sd)
+    assert opt.step_count == 3 and opt.state_tree()["step"].get_value().dtype == jnp.uint32
+    assert int(opt.lr.last_epoch[...]) == 3 and opt.get_last_lr() == [0.01]
+    assert tree_equal(opt.state_dict()["opt_state"], src.state_dict()["opt_state"])
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        (("step",), -1, r"at step: -1 does not fit the live uint32"),
+        (("step",), 2.5, r"at step: 2.5 does not fit the live uint32"),
+        (("lr", "last_epoch"), -1, r"at lr/last_epoch: last_epoch must be finite"),
+        (("lr", "last_epoch"), jnp.asarray(-1, jnp.int32), r"at lr/last_epoch: last_epoch"),
+        (("lr", "current_lr"), float("nan"), r"at lr/current_lr: current_lr must be finite"),
+    ],
+)
+def test_load_state_dict_refuses_lossy_numbers_and_bad_epochs_naming_the_path(key, value, message):
+    opt = nm.MomentumOptimizer(MLP(nnx.Rngs(0)), lr=nm.StepLR(0.1, step_size=2))
+    before = opt.state_dict()
+    bad = opt.state_dict()
+    node = bad
+    for k in key[:-1]:
+        node = node[k]
+    node[key[-1]] = value
+    with pytest.raises(ValueError, match=message):
+        opt.load_state_dict(bad)
+    assert tree_equal(before, opt.state_dict())
+
+
+def _sgd_inject(tx):
+    return optax.chain(tx, optax.inject_hyperparams(optax.sgd)(learning_rate=0.5))
+
+
+LOSING_WRAPPERS = {
+    "identity": (lambda tx: optax.identity(), "holds no optax.inject_hyperparams state"),
+    "chained-inject-sgd": (_sgd_inject, r"holds [23] optax.inject_hyperparams state\(s\)"),
+    "replaced-by-inject-sgd": (
+        lambda tx: optax.inject_hyperparams(optax.sgd)(learning_rate=0.5),
+        r"holds 1 optax.inject_hyperparams state\(s\)",
+    ),
+    "tx-twice": (lambda tx: optax.chain(tx, tx), r"holds [24] optax.inject_hyperparams"),
+}
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["one-group", "two-groups"])
+@pytest.mark.parametrize("name", list(LOSING_WRAPPERS))
+def test_tx_wrapper_that_would_lose_the_runtime_lr_is_refused(name, grouped):
+    # before: identity built, then get_last_lr() raised IndexError and updates ran at
+    # optax's LR; a chained inject_hyperparams(sgd) had its LR overwritten silently
+    wrapper, message = LOSING_WRAPPERS[name]
+    groups = [nm.ParamGroup(lambda path, v: "l2" in path, lr=0.01)] if grouped else []
+    with pytest.raises(ValueError, match=rf"tx_wrapper returned .*{message}"):
+        nm.MomentumOptimizer(MLP(nnx.Rngs(0)), lr=0.1, groups=groups, tx_wrapper=wrapper)
+
+
+def test_tx_wrapper_whose_init_fails_or_is_no_transformation_is_a_type_error():
+    def broken(tx):
+        return optax.GradientTransformation(lambda params: params["no such key"], tx.update)
+
+    with pytest.raises(TypeError, match="tx_wrapper returned a transformation whose init fails"):
+        nm.MomentumOptimizer(MLP(nnx.Rngs(0)), lr=0.1, tx_wrapper=broken)
+    with pytest.raises(TypeError, match="tx_wrapper must return an optax transformation"):
+        nm.MomentumOptimizer(MLP(nnx.Rngs(0)), lr=0.1, tx_wrapper=lambda tx: 0.1)
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["one-group", "two-groups"])
+def test_tx_wrapper_keeping_one_inject_state_per_group_works(grouped):
+    groups = [nm.ParamGroup(lambda path, v: "l2" in path, lr=0.1)] if grouped else []
+    model, ref_model = MLP(nnx.Rngs(0)), MLP(nnx.Rngs(0))
+    opt = nm.MomentumOptimizer(
+        model, lr=0.1, groups=groups, tx_wrapper=lambda tx: optax.chain(optax.clip(0.01), tx)
+    )
+    ref = optax.chain(optax.clip(0.01), optax.sgd(0.1, momentum=0.9))
+    ref_params = nnx.to_pure_dict(nnx.state(ref_model, nnx.Param))
+    ref_state = ref.init(ref_params)
+    for x, y in batches(3):
+        grads = nnx.grad(loss_fn)(model, x, y)
+        opt.update(model, grads)
+        upd, ref_state = ref.update(nnx.to_pure_dict(grads), ref_state, ref_params)
+        ref_params = optax.apply_updates(ref_params, upd)
+    got = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref_params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert opt.get_last_lr() == ([0.1, 0.1] if grouped else [0.1])

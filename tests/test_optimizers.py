@@ -389,3 +389,17 @@ def test_hyperparameter_attributes():
     opt = nm.SGD(lr=0.1, momentum=0.5, weight_decay=0.01, nesterov=True, grad_clip_value=1.0)
     assert (opt.momentum, opt.weight_decay, opt.nesterov) == (0.5, 0.01, True)
     assert (opt.grad_clip_norm, opt.grad_clip_value) == (None, 1.0)
+
+
+def test_load_state_dict_takes_a_python_int_step():
+    # as torch's optimizer.load_state_dict takes a number; a lossy one names the path
+    model = MLP(nnx.Rngs(0))
+    optimizer = nm.Momentum(lr=0.1).register_trainable_weights(model)
+    state = optimizer.state_dict()
+    state["step"] = 12
+    optimizer.load_state_dict(state)
+    assert optimizer.step_count == 12
+    state["step"] = -1
+    with pytest.raises(ValueError, match="at step: -1 does not fit the live uint32"):
+        optimizer.load_state_dict(state)
+    assert optimizer.step_count == 12

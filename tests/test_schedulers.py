@@ -1068,8 +1068,8 @@ def test_integer_epochs_stay_exact_past_float32():
 
 def test_split_epoch_edge_cases():
     s = sch.ExponentialLR(0.1, gamma=0.5)
-    s.step(jnp.float32(-1e-8))  # rounds to a fraction of 1: carried into the whole epoch
-    assert int(s.last_epoch[...]) == 0 and float(s.epoch_fraction[...]) == 0.0
+    s.step(np.float64(3 - 1e-12))  # the fraction rounds to 1 in float32: carried
+    assert int(s.last_epoch[...]) == 3 and float(s.epoch_fraction[...]) == 0.0
     s.step(np.float64(3.75))
     assert int(s.last_epoch[...]) == 3 and float(s.epoch_fraction[...]) == 0.75
     s.step(True)  # integer-like values stay integers
@@ -1459,3 +1459,110 @@ def test_construction_with_traced_base_lrs(name):
     # a concrete scheduler still describes itself in JSON
     json.dumps(make(0.1).describe())
     json.dumps(make([0.1, 0.2]).describe())
+
+
+# --------------------------------------------------------------------------
+# step(epoch) and load_state_dict refuse negative and non-finite epochs
+# --------------------------------------------------------------------------
+BAD_EPOCHS = [
+    -1,
+    -0.5,
+    float("nan"),
+    float("inf"),
+    -float("inf"),
+    np.float32("nan"),
+    jnp.asarray(-2, jnp.int32),
+    jnp.asarray(jnp.inf, jnp.float32),
+    2**31,
+]
+
+
+def _host_state(s):
+    return jax.tree.map(np.asarray, s.state_dict())
+
+
+@pytest.mark.parametrize("name", list(TABLE))
+def test_step_refuses_negative_and_non_finite_epochs_state_unchanged(name):
+    s = TABLE[name][0]()
+    for i in range(3):
+        _step(s, i)
+    before, lr_before = _host_state(s), s.get_last_lr()
+    for epoch in BAD_EPOCHS:
+        with pytest.raises(ValueError, match=rf"{type(s).__name__}\.step: epoch must be") as err:
+            _step(s, 3, epoch)
+        assert repr(epoch) in str(err.value)
+        jax.tree.map(np.testing.assert_array_equal, _host_state(s), before)
+        assert s.get_last_lr() == lr_before
+    for epoch in (jnp.zeros(2), "3"):
+        with pytest.raises(TypeError, match="epoch must be a real scalar"):
+            _step(s, 3, epoch)
+    jax.tree.map(np.testing.assert_array_equal, _host_state(s), before)
+    _step(s, 3, 5)  # still steps normally
+    assert int(s.last_epoch[...]) == 5
+
+
+def test_step_refusals_from_the_issue():
+    # each gave a silently wrong LR before: negative (ascent), NaN, and an epoch of NaN
+    one_cycle = sch.OneCycleLR(max_lr=0.1, total_steps=8)
+    with pytest.raises(ValueError, match=r"OneCycleLR\.step: epoch .* got -1"):
+        one_cycle.step(-1)
+    assert one_cycle.get_last_lr() == [0.004] and int(one_cycle.last_epoch[...]) == 0
+    cosine = sch.CosineAnnealingLR(0.1, T_max=4)
+    with pytest.raises(ValueError, match=r"CosineAnnealingLR\.step: epoch .* got nan"):
+        cosine.step(float("nan"))
+    assert cosine.get_last_lr() == [0.1]
+    step_lr = sch.StepLR(0.1, step_size=3)
+    with pytest.raises(ValueError, match=r"StepLR\.step: epoch .* got inf"):
+        step_lr.step(float("inf"))
+    assert float(step_lr.epoch) == 0.0 and step_lr.get_last_lr() == [0.1]
+    # a chain refuses before any child moves
+    chain = TABLE["ChainedScheduler"][0]()
+    children = [_host_state(c) for c in chain.schedulers]
+    with pytest.raises(ValueError, match=r"ChainedScheduler\.step"):
+        chain.step(-3)
+    for child, before in zip(chain.schedulers, children, strict=True):
+        jax.tree.map(np.testing.assert_array_equal, _host_state(child), before)
+
+
+def test_traced_epoch_is_used_as_given_inside_jit():
+    # documented (LRScheduler.step): a traced epoch cannot be checked eagerly
+    holder = Holder(sch.ExponentialLR(0.1, gamma=0.5))
+
+    @nnx.jit
+    def jump(h, e):
+        h.sched.step(e)
+
+    jump(holder, jnp.float32(2.0))
+    assert holder.sched.get_last_lr() == [0.025]
+
+
+BAD_STATES = [
+    ("StepLR", ("last_epoch",), jnp.asarray(-1, jnp.int32)),
+    ("CosineAnnealingLR", ("epoch_fraction",), jnp.asarray(jnp.nan, jnp.float32)),
+    ("CosineAnnealingLR", ("epoch_fraction",), jnp.asarray(1.0, jnp.float32)),
+    ("CosineAnnealingLR", ("epoch_fraction",), jnp.asarray(-0.25, jnp.float32)),
+    ("OneCycleLR", ("current_lr",), jnp.asarray(-0.1, jnp.float32)),
+    ("OneCycleLR", ("current_lr",), jnp.asarray(jnp.inf, jnp.float32)),
+    ("ReduceLROnPlateau", ("current_lr",), jnp.asarray(jnp.nan, jnp.float32)),
+    ("CosineAnnealingWarmRestarts", ("T_cur",), jnp.asarray(-1, jnp.int32)),
+    ("CosineAnnealingWarmRestarts", ("T_i",), jnp.asarray(0, jnp.int32)),
+    ("SequentialLR", ("schedulers", "1", "last_epoch"), jnp.asarray(-4, jnp.int32)),
+    ("ChainedScheduler", ("schedulers", "0", "current_lr"), jnp.asarray(jnp.nan, jnp.float32)),
+]
+
+
+@pytest.mark.parametrize(
+    "name,path,value", BAD_STATES, ids=[f"{n}-{'/'.join(p)}" for n, p, _ in BAD_STATES]
+)
+def test_load_state_dict_refuses_negative_and_non_finite_epochs_and_lrs(name, path, value):
+    s = TABLE[name][0]()
+    _step(s, 0)
+    before = _host_state(s)
+    bad = s.state_dict()
+    node = bad
+    for key in path[:-1]:
+        node = node[int(key) if key.isdigit() else key]
+    node[path[-1]] = value
+    with pytest.raises(ValueError, match=rf"at {'/'.join(path)}: {path[-1]} must be finite"):
+        s.load_state_dict(bad)
+    jax.tree.map(np.testing.assert_array_equal, _host_state(s), before)

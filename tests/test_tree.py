@@ -93,3 +93,61 @@ def test_no_hand_written_flatteners_left_in_the_package():
                     if helper in text:
                         offenders.append(f"{name}: {helper}")
     assert not offenders, offenders
+
+
+def _counters():
+    return {
+        "step": nnx.Variable(jnp.asarray(3, jnp.uint32)),
+        "lr": nnx.Variable(jnp.asarray(0.5, jnp.float32)),
+        "half": nnx.Variable(jnp.asarray(1.0, jnp.bfloat16)),
+        "epoch": nnx.Variable(jnp.asarray(2, jnp.int32)),
+    }
+
+
+def test_load_into_takes_plain_numbers_in_the_live_dtype():
+    live = _counters()
+    tree.load_into(live, {"step": 7, "lr": 0.1, "half": np.float64(0.25), "epoch": np.int64(4)})
+    got = {k: v.get_value() for k, v in live.items()}
+    assert {k: v.dtype for k, v in got.items()} == {
+        "step": jnp.uint32,
+        "lr": jnp.float32,
+        "half": jnp.bfloat16,
+        "epoch": jnp.int32,
+    }
+    assert int(got["step"]) == 7 and int(got["epoch"]) == 4
+    assert got["lr"] == np.float32(0.1) and float(got["half"]) == 0.25
+    tree.load_into(live, {"step": 8.0, "lr": 2, "half": 3, "epoch": 5})  # whole floats, ints
+    assert int(live["step"].get_value()) == 8 and float(live["lr"].get_value()) == 2.0
+
+
+@pytest.mark.parametrize(
+    "path,value,message",
+    [
+        ("step", -1, r"step: -1 does not fit the live uint32 exactly"),
+        ("step", 2.5, r"step: 2.5 does not fit the live uint32 exactly"),
+        ("step", 2**32, r"step: 4294967296 does not fit the live uint32"),
+        ("step", float("nan"), r"step: nan does not fit"),
+        ("epoch", float("inf"), r"epoch: inf does not fit the live int32"),
+        ("lr", 1e300, r"lr: 1e\+300 does not fit the live float32 \(it would become inf\)"),
+        ("lr", 2**24 + 1, r"lr: 16777217 does not fit the live float32"),
+        ("half", 257, r"half: 257 does not fit the live bfloat16"),
+    ],
+)
+def test_load_into_refuses_numbers_that_do_not_fit_naming_the_path(path, value, message):
+    live = _counters()
+    values = {"step": 1, "lr": 0.1, "half": 1.0, "epoch": 1, path: value}
+    with pytest.raises(ValueError, match=message):
+        tree.load_into(live, values)
+    assert int(live["step"].get_value()) == 3 and float(live["lr"].get_value()) == 0.5
+
+
+def test_load_into_still_refuses_arrays_shapes_and_kinds():
+    live = _counters()
+    with pytest.raises(ValueError, match="step: expected dtype uint32, got int32"):
+        tree.load_into(live, {"step": jnp.asarray(1), "lr": 0.1, "half": 1.0, "epoch": 1})
+    with pytest.raises(ValueError, match="step: expected dtype uint32, got bool"):
+        tree.load_into(live, {"step": True, "lr": 0.1, "half": 1.0, "epoch": 1})
+    vector = {"v": nnx.Variable(jnp.zeros(3, jnp.float32))}
+    with pytest.raises(ValueError, match=r"v: expected shape \(3,\), got \(\)"):
+        tree.load_into(vector, {"v": 1.0})
+    assert int(live["step"].get_value()) == 3

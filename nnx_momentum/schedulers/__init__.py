@@ -22,13 +22,13 @@ fraction is ``epoch_fraction``.
 
 The package is split by kind, and every name is importable from here:
 
-- ``base``: :class:`SchedulerState`, :class:`LRScheduler`, :func:`as_scheduler`,
-  :func:`reported_lr`;
+- ``base``: :class:`SchedulerState`, :class:`LRScheduler`, :func:`reported_lr`;
 - ``closed_form``: decays that are a pure function of the epoch, computed by
-  ``optax.schedules`` (optax's values are braintools');
+  ``optax.schedules`` (optax's values are braintools'), and :func:`as_scheduler`;
 - ``warmup``: warmups and cycles, also pure functions of the epoch;
 - ``stateful``: :class:`ReduceLROnPlateau`, :class:`CosineAnnealingWarmRestarts`;
-- ``composite``: :class:`ChainedScheduler`, :class:`SequentialLR`.
+- ``composite``: :class:`ChainedScheduler`, :class:`SequentialLR`;
+- ``_support``: the private helpers they share.
 
 Example:
   >>> import nnx_momentum.schedulers as sch
@@ -37,7 +37,7 @@ Example:
   True
 """
 
-from nnx_momentum.schedulers.base import LRScheduler, as_scheduler
+from nnx_momentum.schedulers.base import LRScheduler, SchedulerState, reported_lr
 from nnx_momentum.schedulers.closed_form import (
     ConstantLR,
     CosineAnnealingLR,
@@ -49,10 +49,10 @@ from nnx_momentum.schedulers.closed_form import (
     PiecewiseConstantSchedule,
     PolynomialLR,
     StepLR,
+    as_scheduler,
 )
 from nnx_momentum.schedulers.composite import ChainedScheduler, SequentialLR
 from nnx_momentum.schedulers.stateful import CosineAnnealingWarmRestarts, ReduceLROnPlateau
-from nnx_momentum.schedulers.support import SchedulerState, reported_lr
 from nnx_momentum.schedulers.warmup import (
     CyclicLR,
     OneCycleLR,

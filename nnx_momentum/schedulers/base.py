@@ -1,7 +1,9 @@
-"""The scheduler base: :class:`LRScheduler` and :func:`as_scheduler`.
+"""The scheduler base: :class:`SchedulerState`, :class:`LRScheduler`, :func:`reported_lr`.
 
-The state Variable (:class:`SchedulerState`), :func:`reported_lr` and the helpers
-the scheduler modules share live in :mod:`nnx_momentum.schedulers.support`.
+The private helpers the scheduler modules share live in
+:mod:`nnx_momentum.schedulers._support`; :func:`~nnx_momentum.schedulers.as_scheduler`
+(a float becomes ``FixedLR``) lives with ``FixedLR`` in
+:mod:`nnx_momentum.schedulers.closed_form`.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import inspect
 import numbers
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import jax
 import jax.numpy as jnp
@@ -17,24 +19,168 @@ import numpy as np
 from flax import nnx
 
 from nnx_momentum import _validation
-from nnx_momentum.schedulers.support import (
+from nnx_momentum.schedulers._support import (
     LAYOUT_0_2,
     ArrayLike,
     BaseLR,
-    SchedulerState,
-    _ConstructorSignature,
-    _describe_value,
+    _check_state_values,
+    _checked_epoch,
     _f32,
     _group_values,
     _read,
     _split_epoch,
     _stored,
     _write,
-    reported_lr,
 )
-from nnx_momentum.tree import flatten, is_optional, load_into
+from nnx_momentum.tree import load_into
 
-__all__ = ["LRScheduler", "as_scheduler"]
+__all__ = ["LRScheduler", "SchedulerState", "reported_lr"]
+
+
+def _describe_value(value: Any) -> Any:
+    """``value`` as JSON data for :meth:`LRScheduler.describe` (children nest)."""
+    if isinstance(value, nnx.Pytree) and callable(getattr(value, "describe", None)):
+        return cast(Any, value).describe()  # a scheduler (a child of a composite)
+    if isinstance(value, nnx.Variable):
+        value = value.get_value()
+    if isinstance(value, (jax.Array, np.ndarray, np.generic)) and not isinstance(value, bool):
+        if _validation.is_traced(value):
+            return repr(value)
+        array = np.asarray(value)
+        if np.issubdtype(array.dtype, np.floating):
+            return np.vectorize(reported_lr, otypes=[object])(array).tolist()
+        return array.tolist()
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, (list, tuple, nnx.List)):
+        return [_describe_value(v) for v in value]
+    if callable(value):
+        return getattr(value, "__qualname__", None) or repr(value)
+    return repr(value)
+
+
+class _ConstructorSignature:
+    """``cls.__signature__``: the constructor's parameters, for ``help()`` and ``inspect``.
+
+    nnx's Pytree metaclass defines ``__call__(cls, *args, **kwargs)``, which
+    ``inspect.signature(cls)`` would report. Looked up on an instance this
+    raises ``AttributeError``, so a scheduler *instance* keeps the signature of
+    its ``__call__(count)`` (it is an optax schedule).
+    """
+
+    def __get__(self, obj: object, cls: type | None = None) -> inspect.Signature:
+        if obj is not None or cls is None:
+            raise AttributeError("__signature__")
+        signature = inspect.signature(cls.__init__)  # type: ignore[misc]  # the class's own
+        return signature.replace(parameters=list(signature.parameters.values())[1:])
+
+
+_HOST_VALUES = (bool, int, float, np.generic, np.ndarray, list, tuple)
+
+
+def reported_lr(x: ArrayLike) -> float:
+    r"""The shortest decimal that rounds to the same float32 as ``x``: the LR as written.
+
+    LRs are applied as float32, so ``0.01`` is held as ``0.009999999776...``;
+    reported, it reads ``0.01`` again. Only the report is rounded -- the applied
+    value stays the float32.
+
+    .. math:: \text{reported}(x) = \text{the shortest decimal } d
+        \text{ with } \mathrm{fl}_{32}(d) = \mathrm{fl}_{32}(x)
+
+    Args:
+      x: a real scalar (a Python float, a numpy or a concrete jax scalar).
+
+    Returns:
+      A Python float.
+
+    Raises:
+      TypeError: ``x`` is not a scalar (e.g. a list), or is a tracer (eager only).
+
+    Example:
+      >>> from nnx_momentum.schedulers import reported_lr
+      >>> reported_lr(0.009999999776482582), reported_lr(1e-4), float(0.01) == reported_lr(0.01)
+      (0.01, 0.0001, True)
+    """
+    if np.ndim(x) != 0:
+        raise TypeError(f"reported_lr takes a scalar, got shape {np.shape(x)}.")
+    return float(str(np.asarray(x, np.float32)[()]))
+
+
+class SchedulerState(nnx.OptState):
+    """Scheduler state (epoch counter, current LR, extras): a kind of ``nnx.OptState``.
+
+    Being an ``OptState``, it is selected by ``nnx.state(optimizer, nnx.OptState)``
+    together with the velocity and the step counter.
+
+    ``.value`` reads and writes it as in braintools (without flax's deprecation
+    warning). A Python, numpy or weakly typed jax value written to it is
+    normalised to the state's own dtype and shape (``scheduler.last_epoch.value
+    = 10`` stores an int32 scalar; a float written to ``current_lr`` of several
+    groups fills every group), so a compiled step sees the same types and never
+    retraces.
+
+    Raises:
+      ValueError: (on writing) a non-integer number written to an integer state
+        (use ``scheduler.step(2.5)`` for a fractional epoch), or a value whose
+        shape cannot be broadcast to the state's.
+
+    Example:
+      >>> import nnx_momentum.schedulers as sch
+      >>> from flax import nnx
+      >>> s = sch.StepLR(0.1)
+      >>> sorted(nnx.state(s, sch.SchedulerState))
+      ['current_lr', 'epoch_fraction', 'last_epoch']
+      >>> s.last_epoch.value = 10
+      >>> s.last_epoch.value.dtype, s.epoch_fraction.get_metadata()["since"]
+      (dtype('int32'), '0.2.0')
+    """
+
+    @property
+    def value(self) -> Any:
+        """The held value (braintools' accessor)."""
+        return self.get_value()
+
+    @value.setter
+    def value(self, value: Any) -> None:
+        self.set_value(value)
+
+    def set_value(self, value: Any, **kwargs: Any) -> None:
+        """Writes ``value``; Python, numpy and weakly typed values take the state's dtype
+        and shape."""
+        raw = self.get_raw_value()
+        dtype, shape = getattr(raw, "dtype", None), getattr(raw, "shape", None)
+        if kwargs or dtype is None or shape is None:
+            super().set_value(value, **kwargs)
+            return
+        if isinstance(value, _HOST_VALUES):
+            host = np.asarray(value)
+            self._check_integral(dtype, host, value)
+            value = np.broadcast_to(host.astype(dtype), shape)
+            if isinstance(raw, jax.Array):  # in place: keeps the live sharding
+                kwargs = {"index": ...}
+            else:
+                value = jnp.asarray(value)
+        elif isinstance(value, jax.Array) and value.weak_type:  # e.g. jnp.asarray(10)
+            if not _validation.is_traced(value):
+                self._check_integral(dtype, np.asarray(value), value)
+            value = jnp.broadcast_to(value.astype(dtype), shape)
+        super().set_value(value, **kwargs)
+
+    def _check_integral(self, dtype: Any, host: np.ndarray, value: Any) -> None:
+        if (
+            jnp.issubdtype(dtype, jnp.integer)
+            and not np.issubdtype(host.dtype, np.integer)
+            and not np.all(np.floor(host) == host)
+        ):
+            raise ValueError(
+                f"this {type(self).__name__} holds {dtype} values; got {value!r}, "
+                "which is not an integer (step(epoch) takes fractional epochs)."
+            )
 
 
 class LRScheduler(nnx.Pytree):
@@ -192,14 +338,34 @@ class LRScheduler(nnx.Pytree):
 
         Args:
           epoch: ``None`` (``last_epoch + 1``, the fraction kept) or the epoch to
-            jump to: an int, a float (``2.5``) or a scalar array, traced or not.
+            jump to: an int, a float (``2.5``) or a scalar array, traced or not,
+            in ``[0, 2**31 - 1]``. A traced epoch (inside ``jit``) has no value
+            to check and is used as given: check it before you trace the step.
+
+        Raises:
+          ValueError: a concrete ``epoch`` that is negative, NaN, infinite or
+            beyond ``2**31 - 1`` (the message names it); the scheduler is unchanged.
+          TypeError: ``epoch`` is not a real scalar.
+
+        Example:
+          >>> import nnx_momentum.schedulers as sch
+          >>> s = sch.ExponentialLR(0.1, gamma=0.5)
+          >>> s.step(2)
+          >>> try:
+          ...     s.step(float("nan"))
+          ... except ValueError as e:
+          ...     print(e)
+          ExponentialLR.step: epoch must be a finite number in [0, 2147483647], got nan; ...
+          >>> int(s.last_epoch[...]), s.get_last_lr()
+          (2, [0.025])
         """
         self._step_to(*self._next_epoch(epoch))
 
     def _next_epoch(self, epoch: ArrayLike | None) -> tuple[jax.Array, jax.Array]:
+        """``(whole, fraction)`` of the epoch ``step(epoch)`` moves to; ``epoch`` checked."""
         if epoch is None:
             return _read(self.last_epoch) + 1, _read(self.epoch_fraction)
-        return _split_epoch(epoch)
+        return _split_epoch(_checked_epoch(epoch, f"{type(self).__name__}.step"))
 
     def _step_to(self, whole: jax.Array, frac: jax.Array) -> None:
         """Moves to epoch ``whole + frac`` (already split) and recomputes ``current_lr``."""
@@ -324,7 +490,9 @@ class LRScheduler(nnx.Pytree):
         Raises:
           TypeError: ``state_dict`` is not a dict.
           ValueError: a path is missing or unknown, or a shape or dtype differs;
-            the message names the path (``'schedulers/1/current_lr'``). For
+            an epoch (``last_epoch``, ``epoch_fraction``, ``T_cur``, ``T_i``) or a
+            ``current_lr`` is negative or non-finite (``epoch_fraction`` must be
+            below 1); the message names the path (``'schedulers/1/current_lr'``). For
             composites, a state with another number or kind of children (or of
             milestones) is refused naming ``schedulers`` (``milestones``).
         """
@@ -335,10 +503,19 @@ class LRScheduler(nnx.Pytree):
             )
         what = f"{type(self).__name__}.load_state_dict"
         self._check_state_dict(state_dict, what)
+        self._check_state_values(state_dict, what)
         load_into(nnx.state(self, SchedulerState), state_dict, what=what)
 
     def _check_state_dict(self, state_dict: dict[str, Any], what: str) -> None:
         """Composites refuse another composition here, before the tree rule runs."""
+
+    def _check_state_values(self, state_dict: Any, what: str) -> None:
+        """Refuses a state whose epoch or LR is negative or non-finite (naming the path).
+
+        The optimizers call it on the ``lr`` part of their state dicts, so an
+        epoch is checked wherever a state is loaded.
+        """
+        _check_state_values(state_dict, what)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-serialisable description: class name and constructor arguments.
@@ -362,88 +539,3 @@ class LRScheduler(nnx.Pytree):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.describe().items() if k != "name")
         return f"{type(self).__name__}({args})"
-
-
-def _check_child_states(
-    owner: LRScheduler, children: Sequence[LRScheduler], given: Any, what: str
-) -> None:
-    """Refuses child states of another number or kind than ``children`` (naming ``schedulers``)."""
-    name = type(owner).__name__
-    if isinstance(given, dict):
-        items = {str(k): v for k, v in given.items()}
-    elif isinstance(given, (list, tuple)):
-        items = {str(k): v for k, v in enumerate(given)}
-    else:
-        raise ValueError(
-            f"{what}: schedulers must hold one state dict per child scheduler, "
-            f"got {type(given).__name__}."
-        )
-    expected = {str(k) for k in range(len(children))}
-    if set(items) != expected:
-        raise ValueError(
-            f"{what}: schedulers: the state holds {len(items)} child scheduler(s) "
-            f"(keys {sorted(items)}), this {name} has {len(children)}; it was saved from "
-            "another composition of schedulers."
-        )
-    for k, child in enumerate(children):
-        child_state = items[str(k)]
-        if not isinstance(child_state, dict):
-            raise ValueError(
-                f"{what}: schedulers/{k} must be a state dict, got {type(child_state).__name__}."
-            )
-        live = flatten(nnx.state(child, SchedulerState))
-        saved = set(flatten(child_state))
-        missing = sorted("/".join(p) for p in set(live) - saved if not is_optional(live[p]))
-        unknown = sorted("/".join(p) for p in saved - set(live))
-        if missing or unknown:
-            raise ValueError(
-                f"{what}: schedulers/{k} does not match this {name}'s child "
-                f"{type(child).__name__} (missing {missing}, unknown {unknown}): the state was "
-                "saved from another kind of scheduler."
-            )
-        child._check_state_dict(child_state, f"{what}: schedulers/{k}")
-
-
-def as_scheduler(lr: float | Sequence[float] | LRScheduler) -> LRScheduler:
-    """A scheduler from an optimizer's ``lr`` argument.
-
-    A real number (validated: ``>= 0``, not NaN) becomes :class:`FixedLR`, and
-    so does a list or tuple of them (one fixed LR per parameter group); an
-    :class:`LRScheduler` is returned as is.
-
-    Args:
-      lr: a float, a list of floats or an ``LRScheduler``.
-
-    Returns:
-      An ``LRScheduler``.
-
-    Raises:
-      ValueError: ``lr`` (or an entry, ``lr[k]``) is negative or NaN, or the list is empty.
-      TypeError: ``lr`` is anything else (plain callables such as optax
-        schedules are handled by the optimizers, not here).
-
-    Example:
-      >>> import nnx_momentum.schedulers as sch
-      >>> type(sch.as_scheduler(0.1)).__name__, sch.as_scheduler([0.1, 0.01]).get_last_lr()
-      ('FixedLR', [0.1, 0.01])
-    """
-    # closed_form imports this module, so FixedLR is imported at call time
-    from nnx_momentum.schedulers.closed_form import FixedLR
-
-    if isinstance(lr, LRScheduler):
-        return lr
-    if isinstance(lr, (list, tuple)):
-        return FixedLR(_group_values("lr", list(lr))[0])  # checked: named lr[k]
-    if isinstance(lr, (numbers.Real, np.ndarray, jax.Array)) and not isinstance(lr, bool):
-        if np.ndim(lr) != 0:
-            raise TypeError(
-                f"lr must be a scalar, a list or an LRScheduler, got an array of shape "
-                f"{np.shape(lr)}."
-            )
-        return FixedLR(_validation.non_negative("lr", lr))
-    if callable(lr):
-        raise TypeError(
-            f"lr must be a float or an LRScheduler, got the callable {lr!r}; plain schedule "
-            "functions (e.g. optax schedules) are accepted by the optimizers, not by as_scheduler."
-        )
-    raise TypeError(f"lr must be a float or an LRScheduler, got {type(lr).__name__}: {lr!r}.")

@@ -12,16 +12,18 @@ base LR. The rising closed-form schedules (warmups, cycles) are in
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from nnx_momentum import _validation
-from nnx_momentum.schedulers.base import LRScheduler
-from nnx_momentum.schedulers.support import (
+from nnx_momentum.schedulers._support import (
+    ArrayLike,
     BaseLR,
     _cosine,
     _epoch_float,
@@ -31,6 +33,7 @@ from nnx_momentum.schedulers.support import (
     _increasing_ints,
     _stored,
 )
+from nnx_momentum.schedulers.base import LRScheduler
 
 __all__ = [
     "ConstantLR",
@@ -43,9 +46,8 @@ __all__ = [
     "PiecewiseConstantSchedule",
     "PolynomialLR",
     "StepLR",
+    "as_scheduler",
 ]
-
-ArrayLike = jax.typing.ArrayLike
 
 
 class FixedLR(LRScheduler):
@@ -523,3 +525,45 @@ class PiecewiseConstantSchedule(LRScheduler):
         )
         lr = _evaluate(schedule, _epoch_int(epoch))
         return self._per_group(lambda g: lr)
+
+
+def as_scheduler(lr: float | Sequence[float] | LRScheduler) -> LRScheduler:
+    """A scheduler from an optimizer's ``lr`` argument.
+
+    A real number (validated: ``>= 0``, not NaN) becomes :class:`FixedLR`, and
+    so does a list or tuple of them (one fixed LR per parameter group); an
+    :class:`LRScheduler` is returned as is.
+
+    Args:
+      lr: a float, a list of floats or an ``LRScheduler``.
+
+    Returns:
+      An ``LRScheduler``.
+
+    Raises:
+      ValueError: ``lr`` (or an entry, ``lr[k]``) is negative or NaN, or the list is empty.
+      TypeError: ``lr`` is anything else (plain callables such as optax
+        schedules are handled by the optimizers, not here).
+
+    Example:
+      >>> import nnx_momentum.schedulers as sch
+      >>> type(sch.as_scheduler(0.1)).__name__, sch.as_scheduler([0.1, 0.01]).get_last_lr()
+      ('FixedLR', [0.1, 0.01])
+    """
+    if isinstance(lr, LRScheduler):
+        return lr
+    if isinstance(lr, (list, tuple)):
+        return FixedLR(_group_values("lr", list(lr))[0])  # checked: named lr[k]
+    if isinstance(lr, (numbers.Real, np.ndarray, jax.Array)) and not isinstance(lr, bool):
+        if np.ndim(lr) != 0:
+            raise TypeError(
+                f"lr must be a scalar, a list or an LRScheduler, got an array of shape "
+                f"{np.shape(lr)}."
+            )
+        return FixedLR(_validation.non_negative("lr", lr))
+    if callable(lr):
+        raise TypeError(
+            f"lr must be a float or an LRScheduler, got the callable {lr!r}; plain schedule "
+            "functions (e.g. optax schedules) are accepted by the optimizers, not by as_scheduler."
+        )
+    raise TypeError(f"lr must be a float or an LRScheduler, got {type(lr).__name__}: {lr!r}.")

@@ -15,21 +15,19 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from nnx_momentum.schedulers.base import LRScheduler, _check_child_states
-from nnx_momentum.schedulers.stateful import ReduceLROnPlateau
-from nnx_momentum.schedulers.support import (
+from nnx_momentum.schedulers._support import (
     LAYOUT_0_2,
-    SchedulerState,
+    ArrayLike,
     _f32,
     _increasing_ints,
     _read,
     _write,
 )
-from nnx_momentum.tree import live_variables
+from nnx_momentum.schedulers.base import LRScheduler, SchedulerState
+from nnx_momentum.schedulers.stateful import ReduceLROnPlateau
+from nnx_momentum.tree import flatten, is_optional, live_variables
 
 __all__ = ["ChainedScheduler", "SequentialLR"]
-
-ArrayLike = jax.typing.ArrayLike
 
 
 def _check_children(name: str, schedulers: Any) -> list[LRScheduler]:
@@ -63,6 +61,46 @@ def _check_children(name: str, schedulers: Any) -> list[LRScheduler]:
 def _first_base(child: LRScheduler) -> Any:
     """A child's base LR argument: a float, or its list of base LRs."""
     return child.base_lrs if child._grouped else child.base_lr
+
+
+def _check_child_states(
+    owner: LRScheduler, children: Sequence[LRScheduler], given: Any, what: str
+) -> None:
+    """Refuses child states of another number or kind than ``children`` (naming ``schedulers``)."""
+    name = type(owner).__name__
+    if isinstance(given, dict):
+        items = {str(k): v for k, v in given.items()}
+    elif isinstance(given, (list, tuple)):
+        items = {str(k): v for k, v in enumerate(given)}
+    else:
+        raise ValueError(
+            f"{what}: schedulers must hold one state dict per child scheduler, "
+            f"got {type(given).__name__}."
+        )
+    expected = {str(k) for k in range(len(children))}
+    if set(items) != expected:
+        raise ValueError(
+            f"{what}: schedulers: the state holds {len(items)} child scheduler(s) "
+            f"(keys {sorted(items)}), this {name} has {len(children)}; it was saved from "
+            "another composition of schedulers."
+        )
+    for k, child in enumerate(children):
+        child_state = items[str(k)]
+        if not isinstance(child_state, dict):
+            raise ValueError(
+                f"{what}: schedulers/{k} must be a state dict, got {type(child_state).__name__}."
+            )
+        live = flatten(nnx.state(child, SchedulerState))
+        saved = set(flatten(child_state))
+        missing = sorted("/".join(p) for p in set(live) - saved if not is_optional(live[p]))
+        unknown = sorted("/".join(p) for p in saved - set(live))
+        if missing or unknown:
+            raise ValueError(
+                f"{what}: schedulers/{k} does not match this {name}'s child "
+                f"{type(child).__name__} (missing {missing}, unknown {unknown}): the state was "
+                "saved from another kind of scheduler."
+            )
+        child._check_state_dict(child_state, f"{what}: schedulers/{k}")
 
 
 class ChainedScheduler(LRScheduler):
@@ -131,17 +169,19 @@ class ChainedScheduler(LRScheduler):
 
         Raises:
           TypeError: a ``ReduceLROnPlateau`` child and no ``metric``.
+          ValueError: a negative or non-finite ``epoch``; no child moves.
         """
         if self._has_plateau() and metric is None:
             raise TypeError(
                 "ChainedScheduler.step() holds a ReduceLROnPlateau: call step(metric=...)."
             )
+        target = self._next_epoch(epoch)  # checks epoch before any child moves
         for child in self.schedulers:
             if isinstance(child, ReduceLROnPlateau):
                 child.step(metric, epoch)
             else:
                 child.step(epoch)
-        super()._step_to(*self._next_epoch(epoch))
+        super()._step_to(*target)
 
     def _step_to(self, whole: jax.Array, frac: jax.Array) -> None:
         if self._has_plateau():

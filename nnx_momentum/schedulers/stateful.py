@@ -14,10 +14,9 @@ import jax
 import jax.numpy as jnp
 
 from nnx_momentum import _validation
-from nnx_momentum.schedulers.base import LRScheduler
-from nnx_momentum.schedulers.support import (
+from nnx_momentum.schedulers._support import (
+    ArrayLike,
     BaseLR,
-    SchedulerState,
     _f32,
     _group_values,
     _read,
@@ -25,10 +24,9 @@ from nnx_momentum.schedulers.support import (
     _stored,
     _write,
 )
+from nnx_momentum.schedulers.base import LRScheduler, SchedulerState
 
 __all__ = ["CosineAnnealingWarmRestarts", "ReduceLROnPlateau"]
-
-ArrayLike = jax.typing.ArrayLike
 
 
 class CosineAnnealingWarmRestarts(LRScheduler):
@@ -119,7 +117,7 @@ class CosineAnnealingWarmRestarts(LRScheduler):
 
     def step(self, epoch: ArrayLike | None = None) -> None:
         if epoch is not None:
-            self._step_to(*_split_epoch(epoch))
+            self._step_to(*self._next_epoch(epoch))
             return
         t_cur, t_i = _read(self.T_cur) + 1, _read(self.T_i)
         restart = t_cur >= t_i
@@ -264,6 +262,7 @@ class ReduceLROnPlateau(LRScheduler):
 
         Raises:
           TypeError: ``metric`` is missing.
+          ValueError: a negative or non-finite ``epoch`` (nothing is changed).
         """
         if metric is None:
             raise TypeError("ReduceLROnPlateau.step() needs the metric: call step(metric).")

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import optax
 
 from nnx_momentum import _validation
-from nnx_momentum.schedulers.base import LRScheduler
-from nnx_momentum.schedulers.support import (
+from nnx_momentum.schedulers._support import (
+    ArrayLike,
     BaseLR,
     _cosine,
     _epoch_float,
@@ -26,6 +26,7 @@ from nnx_momentum.schedulers.support import (
     _group_values,
     _stored,
 )
+from nnx_momentum.schedulers.base import LRScheduler
 
 __all__ = [
     "CyclicLR",
@@ -33,8 +34,6 @@ __all__ = [
     "WarmupCosineSchedule",
     "WarmupScheduler",
 ]
-
-ArrayLike = jax.typing.ArrayLike
 
 
 class WarmupScheduler(LRScheduler):

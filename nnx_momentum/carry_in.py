@@ -281,6 +281,15 @@ def _saved_items(step_dir: epath.Path) -> dict[str, epath.Path]:
 
 def _read_item(path: epath.Path) -> dict[str, np.ndarray]:
     """Every array of one orbax PyTree item, by ``'/'``-joined path, on the first device."""
+    try:
+        return _read_tree(path)
+    except Exception as e:  # noqa: BLE001 - re-raised naming the item
+        raise ValueError(
+            f"carry_in: could not read the orbax item {str(path)!r}: {type(e).__name__}: {e}"
+        ) from e
+
+
+def _read_tree(path: epath.Path) -> dict[str, np.ndarray]:
     handler = ocp.PyTreeCheckpointHandler()
     metadata = handler.metadata(path)
     saved = getattr(metadata, "tree", metadata)
@@ -585,7 +594,9 @@ def import_torch_sgd(
     def to_path(name: str) -> str | None:
         return mapping[name] if name in mapping else _torch_rule(name, model_paths)
 
-    run = _Run(source=source, weights={}, velocity={}, step=step, lrs={}, hyperparams={})
+    lrs: dict[str, float] = {}
+    hyperparams: dict[str, dict[str, Any]] = {}
+    run = _Run(source, {}, {}, step=step, lrs=lrs, hyperparams=hyperparams)
     if scheduler_state is not None:
         run.epoch = scheduler_state["last_epoch"]
     unknown = sorted(set(param_names) - set(model_state))
@@ -610,8 +621,8 @@ def import_torch_sgd(
                 run.velocity[path] = np.zeros_like(run.weights[path])
             else:
                 run.velocity[path] = _torch_layout(_numpy(buffer), name, path)
-            run.lrs[path] = float(g["lr"])  # type: ignore[index]
-            run.hyperparams[path] = {  # type: ignore[index]
+            lrs[path] = float(g["lr"])
+            hyperparams[path] = {
                 "momentum": float(g.get("momentum", 0.0)),
                 "nesterov": bool(g.get("nesterov", False)),
                 "weight_decay": float(g.get("weight_decay", 0.0)),
@@ -725,7 +736,9 @@ def import_braintools_momentum(
         return mapping.get(name, name)
 
     step = int(np.asarray(state_dict["step_count"]))
-    run = _Run(source=source, weights={}, velocity={}, step=step, hyperparams={}, lrs={})
+    lrs: dict[str, float] = {}
+    hyperparams: dict[str, dict[str, Any]] = {}
+    run = _Run(source, {}, {}, step=step, lrs=lrs, hyperparams=hyperparams)
     if counts:
         run.count = int(np.asarray(counts[0].count))
     if scheduler_state is not None:
@@ -737,8 +750,6 @@ def import_braintools_momentum(
     for name, value in _braintools_flat(traces[0].trace).items():
         if (path := to_path(name)) is not None:
             run.velocity[path] = np.asarray(value)
-            run.lrs[path] = float(np.asarray(state_dict["lr"]))  # type: ignore[index]
-            run.hyperparams[path] = {  # type: ignore[index]
-                "weight_decay": float(group.get("weight_decay", 0.0))
-            }
+            lrs[path] = float(np.asarray(state_dict["lr"]))
+            hyperparams[path] = {"weight_decay": float(group.get("weight_decay", 0.0))}
     _apply(model, optimizer, run)

@@ -98,6 +98,27 @@ def test_optax_schedule_continues_from_the_saved_count(tmp_path):
     _close(params_np(model), want)
 
 
+def test_optax_sgd_without_momentum_needs_momentum_zero(tmp_path):
+    want, rest = _save_optax_run(tmp_path, "two items", optax.sgd(0.1))
+    model = MLP(nnx.Rngs(7))
+    with pytest.raises(ValueError, match="momentum=0.0"):
+        nm.import_optax_checkpoint(tmp_path, model, nm.MomentumOptimizer(model, lr=0.1))
+    opt = nm.MomentumOptimizer(model, lr=0.1, momentum=0.0)
+    nm.import_optax_checkpoint(tmp_path, model, opt)
+    _train(model, opt, rest)
+    _close(params_np(model), want)
+
+
+def test_optax_state_other_than_sgd_is_refused_by_name(tmp_path):
+    _save_optax_run(tmp_path, "one item", optax.adam(0.1))
+    model = MLP(nnx.Rngs(7))
+    opt = nm.MomentumOptimizer(model, lr=0.1)
+    before = params_np(model)
+    with pytest.raises(ValueError, match=r"optax.sgd does not: \['opt_state/0/mu/l1/bias', "):
+        nm.import_optax_checkpoint(tmp_path, model, opt)
+    _untouched(model, opt, before, 0)
+
+
 def test_checkpointer_names_a_foreign_checkpoint_and_the_import(tmp_path):
     _save_optax_run(tmp_path, "one item", optax.sgd(0.1, momentum=0.9))
     model = MLP(nnx.Rngs(7))

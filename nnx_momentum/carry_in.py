@@ -20,7 +20,7 @@ the live objects as they were.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -141,8 +141,8 @@ def _named(run: _Run, path: str) -> str:
     return f"{path!r}" if origin is None or origin == path else f"{path!r} (from {origin!r})"
 
 
-def _position_scheduler(core: MomentumOptimizer[Any], run: _Run, count: int) -> Callable[[], None]:
-    """Moves the scheduler to ``run.epoch``, checks the next LR; returns the undo.
+def _position_scheduler(core: MomentumOptimizer[Any], run: _Run, count: int) -> None:
+    """Moves the scheduler to ``run.epoch`` and checks the next LR against the source's.
 
     Raises:
       ValueError: the scheduler cannot jump to an epoch, or the LR it gives
@@ -150,10 +150,6 @@ def _position_scheduler(core: MomentumOptimizer[Any], run: _Run, count: int) -> 
     """
     lr = core.lr
     before = lr.state_dict()
-
-    def undo() -> None:
-        lr.load_state_dict(before)
-
     if run.epoch is not None:
         if isinstance(lr, lr_lib.OptaxSchedule | ReduceLROnPlateau):
             raise ValueError(
@@ -172,14 +168,13 @@ def _position_scheduler(core: MomentumOptimizer[Any], run: _Run, count: int) -> 
             if not _close(live[groups[p]], want)
         ]
         if wrong:
-            undo()
+            lr.load_state_dict(before)
             raise ValueError(
                 f"carry_in: the next LR differs from the {run.source}'s: "
                 + "; ".join(wrong[:10])
                 + ". Give the live optimizer the source's LR and schedule (and the "
                 "scheduler state, for the epoch). Nothing was imported."
             )
-    return undo
 
 
 def _is_count(path: str) -> bool:

@@ -433,3 +433,15 @@ def test_braintools_shape_of_state_dict_without_braintools():
     state_dict["param_groups_opt_states"] = {"0": ()}
     with pytest.raises(ValueError, match="Adam"):
         nm.import_braintools_momentum(fresh, opt, state_dict)
+
+
+def test_braintools_face_must_be_registered_on_the_model(tmp_path):
+    _save_optax_run(tmp_path, "one item", optax.sgd(0.1, momentum=0.9))
+    model = MLP(nnx.Rngs(7))
+    opt = nm.Momentum(lr=0.1).register_trainable_weights(MLP(nnx.Rngs(8)))  # another model
+    before = params_np(model)
+    with pytest.raises(ValueError, match=r"registered weights \['l1/bias', .* not the model's"):
+        nm.import_optax_checkpoint(tmp_path, model, opt)
+    _close(params_np(model), before)
+    with pytest.raises(ValueError, match="register_trainable_weights"):
+        nm.import_optax_checkpoint(tmp_path, model, nm.Momentum(lr=0.1))

@@ -11,10 +11,17 @@ The public names, re-exported from one module per concept:
 - ``checkpoint``: :class:`Checkpointer`, orbax checkpoint and exact resume;
 - ``groups``: :class:`ParamGroup`, per-group hyperparameters;
 - ``sharding``: the ZeRO-1 layout behind ``shard_state_over=``;
-- ``learning_rate``: :class:`OptaxSchedule`, what an optimizer's ``lr`` becomes.
+- ``learning_rate``: :class:`OptaxSchedule`, what an optimizer's ``lr`` becomes;
+- ``carry_in``: :func:`import_optax_checkpoint`, :func:`import_torch_sgd`,
+  :func:`import_braintools_momentum`, a run from another library continued here.
 """
 
 from nnx_momentum._version import __version__ as __version__
+from nnx_momentum.carry_in import (
+    import_braintools_momentum,
+    import_optax_checkpoint,
+    import_torch_sgd,
+)
 from nnx_momentum.checkpoint import Checkpointer, CheckpointOptions, ResumeChanges
 from nnx_momentum.config import MomentumConfig
 from nnx_momentum.groups import ParamGroup
@@ -78,6 +85,9 @@ __all__ = [
     "TrainStep",
     "WarmupCosineSchedule",
     "WarmupScheduler",
+    "import_braintools_momentum",
+    "import_optax_checkpoint",
+    "import_torch_sgd",
     "learning_rate_of",
     "make_train_step",
     "momentum",

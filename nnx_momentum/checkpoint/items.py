@@ -177,7 +177,12 @@ def read_meta(manager: ocp.CheckpointManager, step: int, where: str) -> dict[str
             f"{where!r}: {type(e).__name__}: {e}"
         ) from e
     if not isinstance(meta, dict):
-        raise ValueError(f"Checkpointer: step {step} in {where!r} has no JSON item 'meta'.")
+        raise ValueError(
+            f"Checkpointer: step {step} in {where!r} is not an nnx_momentum checkpoint (it has "
+            "no JSON item 'meta'). A plain orbax checkpoint of nnx.Optimizer(model, "
+            "optax.sgd(...)) imports with nm.import_optax_checkpoint(directory, model, "
+            f"optimizer, step={step})."
+        )
     return meta
 
 

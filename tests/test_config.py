@@ -63,9 +63,18 @@ def test_validated_once_with_the_field_named(kwargs, name):
         nm.MomentumConfig(**kwargs)
 
 
-def test_from_json_names_missing_fields():
+def test_from_json_fills_missing_fields_with_defaults_and_validates():
+    """A checkpoint written before a field existed lacks it: it reads as the default."""
+    full = nm.MomentumConfig(momentum=0.5, nesterov=True, grad_clip_value=0.3).to_json()
+    for name in FIELDS:
+        old = {k: v for k, v in full.items() if k != name}
+        expected = dataclasses.replace(
+            nm.MomentumConfig(**old), **{name: nm.MomentumConfig.__dataclass_fields__[name].default}
+        )
+        assert nm.MomentumConfig.from_json(old) == expected
+    assert nm.MomentumConfig.from_json({}) == nm.MomentumConfig()
     with pytest.raises(ValueError, match="grad_clip_value"):
-        nm.MomentumConfig.from_json({k: None for k in FIELDS if k != "grad_clip_value"})
+        nm.MomentumConfig.from_json({"grad_clip_value": -1.0, "lr": 0.1})
 
 
 def test_both_faces_hold_the_same_config():

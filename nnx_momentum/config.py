@@ -1,26 +1,48 @@
 r"""``MomentumConfig``: the hyperparameters of the momentum update, written once.
 
 The transform (:func:`nnx_momentum.momentum`), both optimizer faces and the
-checkpointer's hyperparameter check all hold one frozen :class:`MomentumConfig`;
-adding a hyperparameter means adding one field here.
+checkpointer's hyperparameter check all hold one frozen :class:`MomentumConfig`.
+Adding a hyperparameter is one field in :class:`_Fields` (with its default, the
+value that checkpoints written before it existed are read with), its check in
+:meth:`MomentumConfig.__post_init__` and its math in
+:func:`nnx_momentum.transform.from_config`. Everything else follows from the
+fields: ``to_json``/``from_json``, the faces' attributes (:class:`ConfigAttributes`),
+``hyperparams`` and the checkpointer's comparison, and ``config=`` on every face.
+Offering it as a keyword of a face as well is one parameter in that face's
+signature, passed to :func:`resolve`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import Any
+import inspect
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 from nnx_momentum import _validation
 
-__all__ = ["ConfigAttributes", "MomentumConfig"]
+__all__ = ["ConfigAttributes", "MomentumConfig", "resolve"]
+
+
+# Only fields: MomentumConfig generates __init__, __eq__ and __repr__ over them and adds
+# the checks; type checkers see these on the optimizers too (ConfigAttributes).
+@dataclasses.dataclass(frozen=True, init=False, repr=False, eq=False)
+class _Fields:
+    """The hyperparameters as plain fields; :class:`MomentumConfig` adds their checks."""
+
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    grad_clip_norm: float | None = None
+    grad_clip_value: float | None = None
+    accumulator_dtype: DTypeLike | None = None
 
 
 @dataclasses.dataclass(frozen=True)
-class MomentumConfig:
+class MomentumConfig(_Fields):
     r"""The static hyperparameters of heavy-ball momentum, validated once.
 
     With gradients :math:`g`, parameters :math:`p` and velocity :math:`v`, one
@@ -33,7 +55,10 @@ class MomentumConfig:
        p \leftarrow p - \eta\,(g + \mu v \text{ if nesterov else } v).
 
     The learning rate :math:`\eta` is not part of the config: it is a runtime
-    value (a scheduler's state), so it can change without recompiling.
+    value (a scheduler's state), so it can change without recompiling. Every
+    face takes a whole config as ``config=`` (``nm.MomentumOptimizer(model, lr,
+    config=config)``, ``nm.Momentum(lr, config=config)``) instead of the
+    hyperparameter keywords.
 
     Attributes:
       momentum: :math:`\mu \in [0, 1)` (``> 0`` with ``nesterov``).
@@ -58,13 +83,6 @@ class MomentumConfig:
       >>> nm.MomentumConfig.from_json(config.to_json()) == config
       True
     """
-
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    grad_clip_norm: float | None = None
-    grad_clip_value: float | None = None
-    accumulator_dtype: DTypeLike | None = None
 
     def __post_init__(self) -> None:
         # Normalise every field (floats as Python floats, dtype as its name), so two
@@ -93,19 +111,28 @@ class MomentumConfig:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> MomentumConfig:
-        """The config a :meth:`to_json` dict describes; unknown keys are ignored.
+        """The config a :meth:`to_json` dict describes, validated.
 
-        Checkpoints store these fields next to others (the optimizer's name, the
-        scheduler), so only the config's own fields are read.
+        Unknown keys are ignored (checkpoints store these fields next to others:
+        the optimizer's name, the scheduler). A missing field takes its default:
+        a checkpoint written before that field existed was written with the
+        behaviour its default gives.
+
+        Args:
+          data: a mapping holding some or all of the fields by name.
+
+        Returns:
+          The config.
 
         Raises:
-          ValueError: if a field is missing or out of range.
+          ValueError: naming the field, if a value is out of range.
+
+        Example:
+          >>> import nnx_momentum as nm
+          >>> nm.MomentumConfig.from_json({"momentum": 0.5, "lr": 0.1})
+          MomentumConfig(momentum=0.5, nesterov=False, weight_decay=0.0, ...)
         """
-        names = [f.name for f in dataclasses.fields(cls)]
-        missing = [name for name in names if name not in data]
-        if missing:
-            raise ValueError(f"MomentumConfig.from_json: missing fields {missing} in {data!r}.")
-        return cls(**{name: data[name] for name in names})
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
     @property
     def velocity_dtype(self) -> Any:
@@ -113,41 +140,115 @@ class MomentumConfig:
         return None if self.accumulator_dtype is None else jnp.dtype(self.accumulator_dtype)
 
 
-class ConfigAttributes:
-    """``optimizer.momentum``, ``.nesterov``, ... read from ``optimizer.config``.
+def resolve(
+    config: MomentumConfig | None,
+    face: Callable[..., Any],
+    name: str,
+    /,
+    **arguments: Any,
+) -> MomentumConfig:
+    """The config of one call to a face: ``config`` whole, or built from its keywords.
 
-    Both optimizer faces expose the config's fields as read-only attributes, as
-    braintools' optimizers do; this is where they are written, once.
+    ``arguments`` are the face's hyperparameter arguments by name. Those that are
+    parameters of ``face`` are the caller's; with ``config`` they must keep their
+    defaults (one source for each value, nothing silently overridden). Any other
+    is a value the face fixes (``nesterov=True`` for ``MomentumNesterov``), which
+    ``config`` must have too.
+
+    Args:
+      config: a whole config, or None to build one from ``arguments``.
+      face: the callable whose parameters (and defaults) ``arguments`` come from.
+      name: the face's name, for errors.
+      **arguments: the hyperparameters as the face received or fixes them.
+
+    Returns:
+      ``config``, or ``MomentumConfig(**arguments)``.
+
+    Raises:
+      TypeError: ``config`` is not a :class:`MomentumConfig`, or comes with a
+        hyperparameter argument set to other than its default.
+      ValueError: ``config`` differs from a value the face fixes, or an argument
+        is out of range.
+
+    Example:
+      >>> import nnx_momentum as nm
+      >>> from nnx_momentum.config import resolve
+      >>> def face(momentum=0.9, config=None):
+      ...     return resolve(config, face, "face", momentum=momentum)
+      >>> face(momentum=0.5).momentum, face(config=nm.MomentumConfig(momentum=0.1)).momentum
+      (0.5, 0.1)
+      >>> face(momentum=0.5, config=nm.MomentumConfig())
+      Traceback (most recent call last):
+      ...
+      TypeError: face: pass the hyperparameters either as config or as arguments, ...
     """
+    if config is None:
+        return MomentumConfig(**arguments)
+    if not isinstance(config, MomentumConfig):
+        raise TypeError(
+            f"{name}: config must be an nm.MomentumConfig, got {type(config).__name__}."
+        )
+    parameters = inspect.signature(face).parameters
+    given = sorted(
+        k for k, v in arguments.items() if k in parameters and not _same(v, parameters[k].default)
+    )
+    if given:
+        raise TypeError(
+            f"{name}: pass the hyperparameters either as config or as arguments, not both; "
+            f"got config and {given}. Use dataclasses.replace(config, ...) to change a field."
+        )
+    fixed = {k: v for k, v in arguments.items() if k not in parameters}
+    wrong = {k: v for k, v in fixed.items() if getattr(config, k) != v}
+    if wrong:
+        raise ValueError(
+            f"{name}: config has {', '.join(f'{k}={getattr(config, k)!r}' for k in wrong)}, "
+            f"but {name} fixes {', '.join(f'{k}={v!r}' for k, v in wrong.items())}."
+        )
+    return config
 
-    config: MomentumConfig
 
-    @property
-    def momentum(self) -> float:
-        r"""The momentum factor :math:`\mu`."""
-        return self.config.momentum
+def _same(value: Any, default: Any) -> bool:
+    """Whether an argument is its parameter's default (arrays and dtypes compared safely)."""
+    try:
+        return value is default or bool(value == default)
+    except (TypeError, ValueError):
+        return False
 
-    @property
-    def nesterov(self) -> bool:
-        """Whether the Nesterov update is used."""
-        return self.config.nesterov
 
-    @property
-    def weight_decay(self) -> float:
-        r"""The coupled L2 coefficient :math:`\lambda`."""
-        return self.config.weight_decay
+def _config_property(name: str) -> property:
+    """A read-only property giving ``self.config.<name>``."""
 
-    @property
-    def grad_clip_norm(self) -> float | None:
-        """The global-norm clipping threshold, or None."""
-        return self.config.grad_clip_norm
+    def get(self: Any) -> Any:
+        return getattr(self.config, name)
 
-    @property
-    def grad_clip_value(self) -> float | None:
-        """The per-element clipping threshold, or None."""
-        return self.config.grad_clip_value
+    get.__name__ = name
+    get.__doc__ = f"``config.{name}`` (see :class:`~nnx_momentum.MomentumConfig`)."
+    return property(get)
 
-    @property
-    def accumulator_dtype(self) -> DTypeLike | None:
-        """The velocity's dtype name, or None for each parameter's dtype."""
-        return self.config.accumulator_dtype
+
+if TYPE_CHECKING:
+    # Type checkers see the fields with their types; at run time they are properties.
+
+    class ConfigAttributes(_Fields):
+        config: MomentumConfig
+
+else:
+
+    class ConfigAttributes:
+        """``optimizer.momentum``, ``.nesterov``, ... read from ``optimizer.config``.
+
+        Both optimizer faces expose the config's fields as read-only attributes,
+        as braintools' optimizers do: one property per field of
+        :class:`MomentumConfig`, generated from the fields.
+
+        Example:
+          >>> import nnx_momentum as nm
+          >>> nm.SGD(lr=0.1, momentum=0.5).momentum
+          0.5
+        """
+
+        config: MomentumConfig
+
+    for _field in dataclasses.fields(MomentumConfig):
+        setattr(ConfigAttributes, _field.name, _config_property(_field.name))
+    del _field

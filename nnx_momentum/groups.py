@@ -42,9 +42,6 @@ __all__ = [
     "label_fn",
 ]
 
-OVERRIDABLE = ("momentum", "nesterov", "weight_decay")
-"""The :class:`~nnx_momentum.MomentumConfig` fields a group may override (besides ``lr``)."""
-
 
 @dataclasses.dataclass(frozen=True)
 class ParamGroup:
@@ -79,6 +76,15 @@ class ParamGroup:
     def overrides(self) -> dict[str, Any]:
         """The config fields this group sets (not None)."""
         return {k: getattr(self, k) for k in OVERRIDABLE if getattr(self, k) is not None}
+
+
+OVERRIDABLE = tuple(
+    f.name
+    for f in dataclasses.fields(ParamGroup)
+    if f.name in {c.name for c in dataclasses.fields(MomentumConfig)}
+)
+"""The :class:`~nnx_momentum.MomentumConfig` fields a group may override (besides ``lr``):
+those :class:`ParamGroup` has a field for (clipping is global, so it has none)."""
 
 
 def group_configs(config: MomentumConfig, groups: Sequence[ParamGroup]) -> list[MomentumConfig]:

@@ -23,7 +23,7 @@ from nnx_momentum import learning_rate as lr_lib
 from nnx_momentum import sharding as sharding_lib
 from nnx_momentum import tree
 from nnx_momentum._signature import public_signature
-from nnx_momentum.config import ConfigAttributes, MomentumConfig
+from nnx_momentum.config import ConfigAttributes, MomentumConfig, resolve
 from nnx_momentum.groups import ParamGroup
 from nnx_momentum.schedulers import LRScheduler
 from nnx_momentum.transform import LEARNING_RATE, from_config, grouped
@@ -60,6 +60,10 @@ class MomentumOptimizer(ConfigAttributes, nnx.Optimizer[M]):
       nesterov, weight_decay, grad_clip_norm, grad_clip_value,
       accumulator_dtype: as in :func:`nnx_momentum.momentum` (the fields of
         :class:`~nnx_momentum.MomentumConfig`).
+      config: all of them as one :class:`~nnx_momentum.MomentumConfig`
+        (``MomentumOptimizer(model, lr, config=config)``), instead of the
+        keywords ``momentum`` ... ``accumulator_dtype``, which must then keep
+        their defaults (``TypeError`` otherwise).
       groups: parameter groups (:class:`~nnx_momentum.ParamGroup`), each an nnx
         filter with its own ``lr``, ``momentum``, ``nesterov`` or ``weight_decay``;
         group 0 is every parameter no group selects. See :mod:`nnx_momentum.groups`.
@@ -124,12 +128,16 @@ class MomentumOptimizer(ConfigAttributes, nnx.Optimizer[M]):
         grad_clip_norm: float | None = None,
         grad_clip_value: float | None = None,
         accumulator_dtype: jax.typing.DTypeLike | None = None,
+        config: MomentumConfig | None = None,
         groups: Sequence[ParamGroup] = (),
         tx_wrapper: Callable[[optax.GradientTransformation], Any] | None = None,
         shard_state_over: str | None = None,
         graph: bool | None = None,
     ):
-        config = MomentumConfig(
+        config = resolve(
+            config,
+            MomentumOptimizer.__init__,
+            type(self).__name__,
             momentum=momentum,
             nesterov=nesterov,
             weight_decay=weight_decay,

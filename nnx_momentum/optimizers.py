@@ -10,7 +10,7 @@ checkpoints are exactly those of the ``nnx.Optimizer`` face.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import optax
 from flax import nnx
@@ -19,7 +19,7 @@ from nnx_momentum import _validation, tree
 from nnx_momentum import groups as groups_lib
 from nnx_momentum import learning_rate as lr_lib
 from nnx_momentum._signature import public_signature
-from nnx_momentum.config import ConfigAttributes, MomentumConfig
+from nnx_momentum.config import ConfigAttributes, MomentumConfig, resolve
 from nnx_momentum.groups import ParamGroup
 from nnx_momentum.nnx_optimizer import MomentumOptimizer
 from nnx_momentum.schedulers import LRScheduler
@@ -85,12 +85,14 @@ class _Paths:
 class BraintoolsOptimizer(ConfigAttributes, nnx.Pytree):
     """braintools' ``register_trainable_weights`` / ``step`` API, holding a ``MomentumOptimizer``.
 
-    The base of :class:`Momentum`, :class:`MomentumNesterov` and :class:`SGD`.
-    Everything -- the transformation, the LR, the state -- belongs to the
-    :class:`~nnx_momentum.MomentumOptimizer` in ``self.optimizer``; this class
-    only adds registration and ``step(grads)``. Before registration that
-    optimizer runs over no weights, so ``state_dict()``, ``step_count`` and the
-    LR API already work.
+    The base of :class:`Momentum`, :class:`MomentumNesterov` and :class:`SGD`,
+    with :class:`SGD`'s signature: those classes only change defaults. Everything
+    -- the transformation, the LR, the state -- belongs to the
+    :class:`~nnx_momentum.MomentumOptimizer` in ``self.optimizer``, which gets
+    this object's :class:`~nnx_momentum.MomentumConfig` whole; this class only
+    adds registration and ``step(grads)``. Before registration that optimizer
+    runs over no weights, so ``state_dict()``, ``step_count`` and the LR API
+    already work.
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -99,19 +101,23 @@ class BraintoolsOptimizer(ConfigAttributes, nnx.Pytree):
 
     def __init__(
         self,
-        lr: lr_lib.LROption,
-        momentum: float,
-        weight_decay: float,
-        grad_clip_norm: float | None,
-        grad_clip_value: float | None,
+        lr: lr_lib.LROption = 0.001,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        grad_clip_norm: float | None = None,
+        grad_clip_value: float | None = None,
         *,
-        nesterov: bool,
+        config: MomentumConfig | None = None,
         shard_state_over: str | None = None,
     ):
-        config = MomentumConfig(
+        config = resolve(
+            config,
+            BraintoolsOptimizer.__init__,
+            type(self).__name__,
             momentum=momentum,
-            nesterov=nesterov,
             weight_decay=weight_decay,
+            nesterov=nesterov,
             grad_clip_norm=grad_clip_norm,
             grad_clip_value=grad_clip_value,
         )
@@ -138,7 +144,7 @@ class BraintoolsOptimizer(ConfigAttributes, nnx.Pytree):
             wrt=nnx.Variable,
             groups=groups,
             shard_state_over=self._shard_state_over,
-            **config.to_json(),
+            config=config,
         )
 
     # -- registration ------------------------------------------------------------
@@ -382,6 +388,29 @@ class BraintoolsOptimizer(ConfigAttributes, nnx.Pytree):
         super().__setattr__(name, value)
 
 
+class SGD(BraintoolsOptimizer):
+    r"""Stochastic gradient descent with optional momentum (``braintools.optim.SGD``).
+
+    With ``momentum=0`` this is :math:`p \leftarrow p - \eta\,(g + \lambda p)`;
+    otherwise it is :class:`Momentum` (or :class:`MomentumNesterov`).
+
+    Args:
+      lr, weight_decay, grad_clip_norm, grad_clip_value, shard_state_over: as in
+        :class:`Momentum`.
+      momentum: :math:`\mu \in [0, 1)`, default 0.
+      nesterov: Nesterov momentum (needs ``momentum > 0``).
+      config: all hyperparameters as one :class:`~nnx_momentum.MomentumConfig`,
+        instead of the keywords above (which must then keep their defaults).
+
+    Example:
+      >>> import nnx_momentum as nm
+      >>> nm.SGD(lr=0.1).hyperparams["momentum"]
+      0.0
+      >>> nm.SGD(lr=0.1, config=nm.MomentumConfig(momentum=0.5, nesterov=True)).nesterov
+      True
+    """
+
+
 class Momentum(BraintoolsOptimizer):
     r"""Heavy-ball momentum, braintools-style (``braintools.optim.Momentum``).
 
@@ -397,8 +426,15 @@ class Momentum(BraintoolsOptimizer):
       weight_decay: coupled L2 coefficient :math:`\lambda \ge 0`.
       grad_clip_norm: maximum global gradient norm, or None.
       grad_clip_value: maximum absolute gradient element, or None.
+      config: all hyperparameters as one :class:`~nnx_momentum.MomentumConfig`
+        (its ``nesterov`` as the class fixes it), instead of the keywords above,
+        which must then keep their defaults.
       shard_state_over: a mesh axis name to shard the velocity over (ZeRO stage
         1), or None; as in :class:`~nnx_momentum.MomentumOptimizer`.
+
+    Raises:
+      ValueError: naming the argument, for a value out of range.
+      TypeError: ``config`` together with a hyperparameter keyword.
 
     Example:
       >>> import jax.numpy as jnp
@@ -416,6 +452,8 @@ class Momentum(BraintoolsOptimizer):
       (1, 0.1...)
     """
 
+    _nesterov: ClassVar[bool] = False  # what this class fixes (MomentumNesterov: True)
+
     def __init__(
         self,
         lr: lr_lib.LROption = 0.001,
@@ -424,20 +462,23 @@ class Momentum(BraintoolsOptimizer):
         grad_clip_norm: float | None = None,
         grad_clip_value: float | None = None,
         *,
+        config: MomentumConfig | None = None,
         shard_state_over: str | None = None,
     ):
-        super().__init__(
-            lr,
-            momentum,
-            weight_decay,
-            grad_clip_norm,
-            grad_clip_value,
-            nesterov=False,
-            shard_state_over=shard_state_over,
+        config = resolve(
+            config,
+            Momentum.__init__,
+            type(self).__name__,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            grad_clip_norm=grad_clip_norm,
+            grad_clip_value=grad_clip_value,
+            nesterov=self._nesterov,
         )
+        super().__init__(lr, config=config, shard_state_over=shard_state_over)
 
 
-class MomentumNesterov(BraintoolsOptimizer):
+class MomentumNesterov(Momentum):
     r"""Nesterov momentum, braintools-style (``braintools.optim.MomentumNesterov``).
 
     .. math::
@@ -446,7 +487,7 @@ class MomentumNesterov(BraintoolsOptimizer):
        \qquad g' = \mathrm{clip}(g) + \lambda p
 
     Args:
-      lr, momentum, weight_decay, grad_clip_norm, grad_clip_value,
+      lr, momentum, weight_decay, grad_clip_norm, grad_clip_value, config,
       shard_state_over: as in :class:`Momentum`; ``momentum`` must be > 0.
 
     Example:
@@ -455,62 +496,4 @@ class MomentumNesterov(BraintoolsOptimizer):
       True
     """
 
-    def __init__(
-        self,
-        lr: lr_lib.LROption = 0.001,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
-        grad_clip_norm: float | None = None,
-        grad_clip_value: float | None = None,
-        *,
-        shard_state_over: str | None = None,
-    ):
-        super().__init__(
-            lr,
-            momentum,
-            weight_decay,
-            grad_clip_norm,
-            grad_clip_value,
-            nesterov=True,
-            shard_state_over=shard_state_over,
-        )
-
-
-class SGD(BraintoolsOptimizer):
-    r"""Stochastic gradient descent with optional momentum (``braintools.optim.SGD``).
-
-    With ``momentum=0`` this is :math:`p \leftarrow p - \eta\,(g + \lambda p)`;
-    otherwise it is :class:`Momentum` (or :class:`MomentumNesterov`).
-
-    Args:
-      lr, weight_decay, grad_clip_norm, grad_clip_value, shard_state_over: as in
-        :class:`Momentum`.
-      momentum: :math:`\mu \in [0, 1)`, default 0.
-      nesterov: Nesterov momentum (needs ``momentum > 0``).
-
-    Example:
-      >>> import nnx_momentum as nm
-      >>> nm.SGD(lr=0.1).hyperparams["momentum"]
-      0.0
-    """
-
-    def __init__(
-        self,
-        lr: lr_lib.LROption = 0.001,
-        momentum: float = 0.0,
-        weight_decay: float = 0.0,
-        nesterov: bool = False,
-        grad_clip_norm: float | None = None,
-        grad_clip_value: float | None = None,
-        *,
-        shard_state_over: str | None = None,
-    ):
-        super().__init__(
-            lr,
-            momentum,
-            weight_decay,
-            grad_clip_norm,
-            grad_clip_value,
-            nesterov=nesterov,
-            shard_state_over=shard_state_over,
-        )
+    _nesterov: ClassVar[bool] = True

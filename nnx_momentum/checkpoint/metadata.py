@@ -303,7 +303,9 @@ def compare_hyperparams(saved: Mapping[str, Any], live: Mapping[str, Any], step:
     :class:`~nnx_momentum.config.MomentumConfig`, and any other key either side
     has (a checkpoint of another version). Ignored: the optimizer's class name
     (the faces share one state layout) and a scheduler's initial ``last_epoch``
-    (state, which the restore overwrites). Numbers are compared to float32
+    (state, which the restore overwrites). A config field the checkpoint lacks
+    (written before the field existed) is read as its default, as
+    :meth:`~nnx_momentum.MomentumConfig.from_json` does. Numbers are compared to float32
     precision (``momentum=np.float32(0.9)`` equals ``0.9``). An optax-schedule
     ``lr`` is known by its function's name only. A plain ``nnx.Optimizer`` has
     no hyperparameters: nothing is compared when either side is empty.
@@ -329,6 +331,7 @@ def compare_hyperparams(saved: Mapping[str, Any], live: Mapping[str, Any], step:
     """
     if not saved or not live:
         return
+    saved = _with_defaults(saved)
     names = {"lr", *_CONFIG_FIELDS} | ((set(saved) | set(live)) - _IGNORED)
     diffs = [
         f"{k}: saved {saved.get(k)!r}, live {live.get(k)!r}"
@@ -342,6 +345,23 @@ def compare_hyperparams(saved: Mapping[str, Any], live: Mapping[str, Any], step:
             + ". Build the optimizer with the saved hyperparameters (see "
             "Checkpointer.metadata()['hyperparams']), or pass check_hyperparams=False."
         )
+
+
+def _with_defaults(saved: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``saved`` with its configs (and its groups') read by ``MomentumConfig.from_json``.
+
+    A value ``from_json`` refuses is left as saved, for the comparison to name;
+    hyperparameters without any config field (not this package's) are left as saved.
+    """
+    if not set(saved) & set(_CONFIG_FIELDS):
+        return saved
+    try:
+        out = {**saved, **MomentumConfig.from_json(saved).to_json()}
+        if isinstance(saved.get("groups"), list):
+            out["groups"] = [MomentumConfig.from_json(g).to_json() for g in saved["groups"]]
+    except (TypeError, ValueError, AttributeError):
+        return saved
+    return out
 
 
 def same_setting(a: Any, b: Any) -> bool:

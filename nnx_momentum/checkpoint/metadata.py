@@ -9,12 +9,11 @@ document (no pickle anywhere)::
 
 ``hyperparams`` is the optimizer's ``hyperparams`` dict -- its class name, the
 ``lr`` (scheduler) description and the fields of
-:class:`nnx_momentum.config.MomentumConfig` -- which :func:`compare_hyperparams`
-checks against the live optimizer before a restore. ``arrays`` gives the shape
-and dtype of every saved array, ``{item: {path: {"shape", "dtype"}}}``, so a
-restore validates the live objects without asking orbax for its metadata
-(absent from checkpoints of nnx_momentum 0.1, which a restore
-still reads: :func:`nnx_momentum.checkpoint.items.saved_arrays`).
+:class:`nnx_momentum.config.MomentumConfig` -- which :func:`hyperparam_differences`
+compares with the live optimizer before a restore. ``arrays`` gives the shape
+and dtype of every saved array, ``{item: {path: {"shape", "dtype"}}}`` (absent
+from checkpoints of nnx_momentum 0.1); a restore checks it against the array
+items' own metadata (:func:`nnx_momentum.checkpoint.items.saved_arrays`).
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ __all__ = [
     "READABLE_FORMATS",
     "check_format",
     "checked_metrics",
-    "compare_hyperparams",
+    "hyperparam_differences",
     "hyperparams",
     "json_copy",
     "live_hyperparams",
@@ -296,55 +295,49 @@ def check_format(meta: Mapping[str, Any], step: int, directory: str) -> None:
         )
 
 
-def compare_hyperparams(saved: Mapping[str, Any], live: Mapping[str, Any], step: int) -> None:
-    """Refuses a live optimizer whose hyperparameters differ from the saved ones.
+def hyperparam_differences(
+    saved: Mapping[str, Any], live: Mapping[str, Any]
+) -> list[tuple[str, Any, Any]]:
+    """The settings in which a live optimizer differs from a checkpoint's: the one rule.
 
     Compared: the ``lr`` (scheduler) description, every field of
-    :class:`~nnx_momentum.config.MomentumConfig`, and any other key either side
-    has (a checkpoint of another version). Ignored: the optimizer's class name
-    (the faces share one state layout) and a scheduler's initial ``last_epoch``
-    (state, which the restore overwrites). A config field the checkpoint lacks
-    (written before the field existed) is read as its default, as
-    :meth:`~nnx_momentum.MomentumConfig.from_json` does. Numbers are compared to float32
-    precision (``momentum=np.float32(0.9)`` equals ``0.9``). An optax-schedule
-    ``lr`` is known by its function's name only. A plain ``nnx.Optimizer`` has
-    no hyperparameters: nothing is compared when either side is empty.
+    :class:`~nnx_momentum.config.MomentumConfig` (and each group's), and any
+    other key either side has (a checkpoint of another version). Ignored: the
+    optimizer's class name (the faces share one state layout) and a
+    scheduler's initial ``last_epoch`` (state, which the restore overwrites). A
+    config field the checkpoint lacks (written before the field existed) is
+    read as its default, as :meth:`~nnx_momentum.MomentumConfig.from_json`
+    does. Numbers are compared to float32 precision (``momentum=np.float32(0.9)``
+    equals ``0.9``). An optax-schedule ``lr`` is known by its function's name
+    only. A plain ``nnx.Optimizer`` has no hyperparameters: nothing differs when
+    either side is empty.
 
     Args:
       saved: the JSON item's ``hyperparams``.
       live: :func:`live_hyperparams` of the live optimizer.
-      step: the step restored, for the message.
 
-    Raises:
-      ValueError: naming each differing setting as ``'<name>: saved <value>, live <value>'``.
+    Returns:
+      ``[(name, saved value, live value)]``, sorted by name (``None``: absent).
 
     Example:
       >>> import nnx_momentum as nm
-      >>> from nnx_momentum.checkpoint.metadata import compare_hyperparams, live_hyperparams
+      >>> from nnx_momentum.checkpoint.metadata import hyperparam_differences, live_hyperparams
       >>> saved = live_hyperparams(nm.Momentum(lr=nm.StepLR(0.1, step_size=2), momentum=0.9))
       >>> live = live_hyperparams(nm.Momentum(lr=nm.StepLR(0.1, step_size=2, last_epoch=4)))
-      >>> compare_hyperparams(saved, live, 1)  # same settings: returns None
-      >>> compare_hyperparams(saved, {**live, "momentum": 0.5}, 1)
-      Traceback (most recent call last):
-      ...
-      ValueError: Checkpointer.restore: ... from step 1's: momentum: saved 0.9, live 0.5. ...
+      >>> hyperparam_differences(saved, live)  # same settings
+      []
+      >>> hyperparam_differences(saved, {**live, "momentum": 0.5})
+      [('momentum', 0.9, 0.5)]
     """
     if not saved or not live:
-        return
+        return []
     saved = _with_defaults(saved)
     names = {"lr", *_CONFIG_FIELDS} | ((set(saved) | set(live)) - _IGNORED)
-    diffs = [
-        f"{k}: saved {saved.get(k)!r}, live {live.get(k)!r}"
+    return [
+        (k, saved.get(k), live.get(k))
         for k in sorted(names)
         if not same_setting(_jsonable(saved.get(k)), _jsonable(live.get(k)))
     ]
-    if diffs:
-        raise ValueError(
-            f"Checkpointer.restore: the optimizer's hyperparameters differ from step {step}'s: "
-            + "; ".join(diffs)
-            + ". Build the optimizer with the saved hyperparameters (see "
-            "Checkpointer.metadata()['hyperparams']), or pass check_hyperparams=False."
-        )
 
 
 def _with_defaults(saved: Mapping[str, Any]) -> Mapping[str, Any]:

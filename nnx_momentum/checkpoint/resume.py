@@ -205,13 +205,8 @@ def _target(var: nnx.Variable, dtype: Any, where: str) -> jax.ShapeDtypeStruct:
 
 
 def _hyperparam_differences(saved: Mapping[str, Any], live: Mapping[str, Any]) -> list[Difference]:
-    if not saved or not live:
-        return []  # a plain nnx.Optimizer has no hyperparameters
     out = []
-    for name in sorted((set(saved) | set(live)) - {"optimizer"}):
-        a, b = saved.get(name), live.get(name)
-        if metadata.same_setting(metadata._jsonable(a), metadata._jsonable(b)):
-            continue
+    for name, a, b in metadata.hyperparam_differences(saved, live):
         if name == "lr":
             out.append(Difference("schedule", "lr", _describe(a), _describe(b)))
         elif name == "accumulator_dtype":

@@ -9,13 +9,14 @@ The public names, re-exported from one module per concept:
 - ``schedulers``: the LR schedulers;
 - ``train_step``: :func:`make_train_step`, the fast compiled step;
 - ``checkpoint``: :class:`Checkpointer`, orbax checkpoint and exact resume;
+  :class:`TieredCheckpointer`, a fast local tier and a persistent one;
 - ``groups``: :class:`ParamGroup`, per-group hyperparameters;
 - ``sharding``: the ZeRO-1 layout behind ``shard_state_over=``;
 - ``learning_rate``: :class:`OptaxSchedule`, what an optimizer's ``lr`` becomes.
 """
 
 from nnx_momentum._version import __version__ as __version__
-from nnx_momentum.checkpoint import Checkpointer, CheckpointOptions
+from nnx_momentum.checkpoint import Checkpointer, CheckpointOptions, TieredCheckpointer
 from nnx_momentum.config import MomentumConfig
 from nnx_momentum.groups import ParamGroup
 from nnx_momentum.learning_rate import OptaxSchedule
@@ -74,6 +75,7 @@ __all__ = [
     "SchedulerState",
     "SequentialLR",
     "StepLR",
+    "TieredCheckpointer",
     "TrainStep",
     "WarmupCosineSchedule",
     "WarmupScheduler",

@@ -1,6 +1,6 @@
 """Two checkpoint tiers vs one, on the digits job: time the loop blocks, steps lost to kill -9.
 
-    python benchmarks/tiers.py             # 3000 steps, 6 kills, ~1-2 minutes
+    python benchmarks/tiers.py             # 3000 steps, 6 kills, ~5-8 minutes on 2 cores
     python benchmarks/tiers.py --smoke
 
 The job is ``examples/train_digits.py``'s: its MLP (64-128-10), loss and data order
@@ -200,10 +200,13 @@ def _median(samples: list[float]) -> float:
 
 # -- steps lost to kill -9 ---------------------------------------------------------------------
 def worker(local: str, persistent: str, steps: int) -> None:
-    """A training process on two tiers that prints ``STEP n`` after each step's ``save``."""
+    """A training process on two tiers that prints ``STEP n`` after each step's ``save``.
+
+    It runs on past ``steps`` (the cosine goes round again), so a late kill still lands.
+    """
     model, optimizer, step = _digits_job(steps)
     ckpt = _tiers(local, persistent)
-    for i in range(steps):
+    for i in range(10 * steps):
         step(i)
         ckpt.save(i + 1, model, optimizer)
         print(f"STEP {i + 1}", flush=True)
@@ -246,7 +249,7 @@ def kill_runs(
 
 def run(smoke: bool) -> dict[str, Any]:
     """The suite's result: blocking per save per tier, steps lost after kill -9."""
-    steps, kills = (200, 1) if smoke else (3000, 6)
+    steps, kills = (100, 1) if smoke else (3000, 6)
     root = tempfile.mkdtemp(
         prefix="nnx_momentum_tiers_", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
     )
@@ -319,7 +322,7 @@ def main() -> None:
         worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--smoke", action="store_true", help="200 steps, one kill")
+    p.add_argument("--smoke", action="store_true", help="100 steps, one kill")
     args = p.parse_args()
     print(json.dumps(run(args.smoke), indent=1))
 

@@ -39,6 +39,8 @@ BENCHMARKS = {
     "scaling": "train-step time as the parameter count grows (log-log plot, fitted slope)",
     "sharding": "shard_state_over (ZeRO-1) on 8 simulated devices: velocity and compiled "
     "memory per device, step time, same numbers",
+    "tiers": "two checkpoint tiers (TieredCheckpointer) vs one on the digits job: time the loop "
+    "blocks per local and per persistent save, steps lost after kill -9 at a random step",
 }
 # Environment a benchmark's process needs before jax is imported; such a benchmark
 # always runs in a process of its own (also with --smoke).

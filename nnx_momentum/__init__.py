@@ -9,6 +9,7 @@ The public names, re-exported from one module per concept:
 - ``schedulers``: the LR schedulers;
 - ``train_step``: :func:`make_train_step`, the fast compiled step;
 - ``checkpoint``: :class:`Checkpointer`, orbax checkpoint and exact resume;
+  :class:`TieredCheckpointer`, a fast local tier and a persistent one;
 - ``groups``: :class:`ParamGroup`, per-group hyperparameters;
 - ``sharding``: the ZeRO-1 layout behind ``shard_state_over=``;
 - ``learning_rate``: :class:`OptaxSchedule`, what an optimizer's ``lr`` becomes;
@@ -22,7 +23,12 @@ from nnx_momentum.carry_in import (
     import_optax_checkpoint,
     import_torch_sgd,
 )
-from nnx_momentum.checkpoint import Checkpointer, CheckpointOptions, ResumeChanges
+from nnx_momentum.checkpoint import (
+    Checkpointer,
+    CheckpointOptions,
+    ResumeChanges,
+    TieredCheckpointer,
+)
 from nnx_momentum.config import MomentumConfig
 from nnx_momentum.groups import ParamGroup
 from nnx_momentum.learning_rate import OptaxSchedule
@@ -82,6 +88,7 @@ __all__ = [
     "SchedulerState",
     "SequentialLR",
     "StepLR",
+    "TieredCheckpointer",
     "TrainStep",
     "WarmupCosineSchedule",
     "WarmupScheduler",

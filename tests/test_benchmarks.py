@@ -19,6 +19,7 @@ SECTIONS = (
     "4. Checkpoints",
     "5. Scaling",
     "6. Sharded optimizer state",
+    "7. Checkpoint tiers",
 )
 
 
@@ -34,7 +35,8 @@ def test_help_documents_every_benchmark() -> None:
         [sys.executable, RUN, "--help"], env=_env(), capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr
-    for name in ("overhead", "bandwidth", "memory", "checkpoint", "scaling", "sharding", "--smoke"):
+    names = ("overhead", "bandwidth", "memory", "checkpoint", "scaling", "sharding", "tiers")
+    for name in (*names, "--smoke"):
         assert name in out.stdout
 
 

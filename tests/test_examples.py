@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -283,31 +284,37 @@ def _quickstart(steps: int):
 
 
 def test_quickstart_notebook_runs_twice_and_resumes(kernel, tmp_path, monkeypatch):
-    """Run all, then Run all again in a new kernel with the same CKPT_DIR (as after a Colab
-    disconnect, with the checkpoints on Drive): the second run resumes from the finished
-    checkpoint, trains nothing, deletes nothing and reports the same accuracy.
+    """Run all, then Run all again in a new kernel with the same CKPT_DIR after the local tier
+    is gone (as after a Colab disconnect, with the checkpoints on Drive): the second run
+    resumes from the finished checkpoint in the persistent tier, trains nothing, deletes
+    nothing and reports the same accuracy.
 
     Two simulated CPU devices, so the mesh cell has several devices to show."""
-    ckpt_dir = tmp_path / "drive" / "quickstart"
+    ckpt_dir, local_dir = tmp_path / "drive" / "quickstart", tmp_path / "content" / "quickstart"
     monkeypatch.setenv("CKPT_DIR", str(ckpt_dir))
+    monkeypatch.setenv("LOCAL_CKPT_DIR", str(local_dir))
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
     (tmp_path / "first").mkdir()
     (tmp_path / "second").mkdir()
 
     first = _execute(_quickstart(steps=40), kernel, tmp_path / "first")
     assert "no checkpoint in" in first, first
-    assert "resuming from step 20 of 40" in first, first  # the simulated disconnect
+    # The simulated disconnect keeps the runtime's disk: the local tier has step 20.
+    assert "resuming from step 20 of 40 (local tier" in first, first
     assert "2 device(s)" in first and "split over the 'data' axis" in first, first
     assert "kernel_before deleted by the step: True" in first, first
     assert "IProgress" not in first, first
     accuracy = re.findall(r"test_accuracy=\S+", first)
     assert len(accuracy) == 1, first
     steps = sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
-    assert steps[-1] == 40, steps
+    assert steps == [36, 40], steps  # every SAVE_EVERY=6 steps, the end too; 2 kept
+    local_steps = sorted(int(p.name) for p in local_dir.iterdir() if p.name.isdigit())
+    assert local_steps == [39, 40], local_steps  # every LOCAL_EVERY=1 step; 2 kept
 
+    shutil.rmtree(local_dir)  # a new runtime: its disk is new, Drive is still there
     second = _execute(_quickstart(steps=40), kernel, tmp_path / "second")
     assert "no checkpoint in" not in second, second
-    assert second.count("resuming from step 40 of 40") == 2, second  # both training cells
+    assert second.count("resuming from step 40 of 40 (persistent tier") == 2, second
     assert "START_OVER: deleted" not in second, second
     assert re.findall(r"test_accuracy=\S+", second) == accuracy, second
     assert sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()) == steps

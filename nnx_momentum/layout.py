@@ -35,7 +35,16 @@ from flax import nnx
 
 from nnx_momentum import tree
 
-__all__ = ["VELOCITY", "group_of", "live_roles", "param_path", "rekey", "role", "roles"]
+__all__ = [
+    "VELOCITY",
+    "group_of",
+    "live_roles",
+    "param_path",
+    "rekey",
+    "relaid",
+    "role",
+    "roles",
+]
 
 VELOCITY = "velocity"
 _SEP = "/"
@@ -168,3 +177,40 @@ def live_roles(optimizer_state: nnx.State) -> dict[str, nnx.Variable]:
         tree.path_str(p): v for p, v in tree.live_variables(optimizer_state, "state").items()
     }
     return rekey(flat)
+
+
+def relaid(live: nnx.State, given: Any) -> Any:
+    """``given`` (a ``state_dict``) on the live paths, when it is the same state in an old layout.
+
+    A ``state_dict()`` of nnx_momentum 0.1/0.2 placed the velocity by the
+    hyperparameter values (``inner_state/1/trace/...``). When every leaf of
+    ``given`` has a role the live state has, in the same parameter group, it
+    is re-keyed to the live paths; anything else is returned unchanged, for
+    the strict path rule (:func:`nnx_momentum.tree.load_into`) to name what
+    differs.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> import nnx_momentum as nm
+      >>> from nnx_momentum.layout import relaid
+      >>> opt = nm.MomentumOptimizer(nnx.Linear(1, 1, rngs=nnx.Rngs(0)), lr=0.1)
+      >>> old = opt.state_dict()
+      >>> old["opt_state"]["inner_state"] = {"0": old["opt_state"]["inner_state"][3]}
+      >>> sorted(relaid(opt.state_tree(), old)["opt_state"]["inner_state"])
+      ['3']
+    """
+    if not isinstance(given, Mapping):
+        return given
+    given_flat = {tree.path_str(p): v for p, v in tree.flatten(given).items()}
+    live_paths = [tree.path_str(p) for p in tree.flatten(live)]
+    if set(given_flat) <= set(live_paths):
+        return given
+    live_roles, given_roles = roles(live_paths), roles(given_flat)
+    if not set(given_roles) <= set(live_roles) or any(
+        group_of(p) != group_of(live_roles[r]) for r, p in given_roles.items()
+    ):
+        return given
+    return tree.nest(
+        {tuple(live_roles[r].split(_SEP)): given_flat[p] for r, p in given_roles.items()}
+    )

@@ -19,9 +19,9 @@ import optax
 from flax import nnx
 
 from nnx_momentum import groups as groups_lib
+from nnx_momentum import layout, tree
 from nnx_momentum import learning_rate as lr_lib
 from nnx_momentum import sharding as sharding_lib
-from nnx_momentum import tree
 from nnx_momentum._signature import public_signature
 from nnx_momentum.config import ConfigAttributes, MomentumConfig, resolve
 from nnx_momentum.groups import ParamGroup
@@ -240,7 +240,9 @@ class MomentumOptimizer(ConfigAttributes, nnx.Optimizer[M]):
         """Loads a :meth:`state_dict` (from either face); validates everything first.
 
         Values keep their dtype (no silent cast) and land on the live state's
-        current sharding (see :mod:`nnx_momentum.tree`).
+        current sharding (see :mod:`nnx_momentum.tree`). A ``state_dict`` of
+        0.1/0.2, whose velocity sat where the hyperparameter values put it, is
+        matched by role (:func:`nnx_momentum.layout.relaid`).
 
         Raises:
           ValueError: naming the first path whose presence, shape or dtype differs,
@@ -249,7 +251,8 @@ class MomentumOptimizer(ConfigAttributes, nnx.Optimizer[M]):
         """
         if isinstance(state_dict, dict) and "lr" in state_dict:
             self.lr._check_state_values({"lr": state_dict["lr"]}, "state_dict")
-        tree.load_into(self.state_tree(), state_dict)
+        state = self.state_tree()
+        tree.load_into(state, layout.relaid(state, state_dict))
 
     @property
     def step_count(self) -> int:

@@ -23,6 +23,7 @@ import jax
 
 from nnx_momentum.checkpoint.checkpointer import Checkpointer
 from nnx_momentum.checkpoint.options import CheckpointOptions
+from nnx_momentum.checkpoint.resume import ResumeChanges
 
 __all__ = ["TieredCheckpointer"]
 
@@ -311,7 +312,12 @@ class TieredCheckpointer:
         return any(saved)
 
     def restore(
-        self, model: Any, optimizer: Any | None = None, *, step: int | None = None
+        self,
+        model: Any,
+        optimizer: Any | None = None,
+        *,
+        step: int | None = None,
+        changes: ResumeChanges | None = None,
     ) -> int | None:
         """Restores ``step`` (default: the newest of either tier) from the tier that holds it.
 
@@ -324,6 +330,7 @@ class TieredCheckpointer:
           model: the live NNX module.
           optimizer: the live optimizer, or ``None`` to restore the model only.
           step: the step to restore; ``None`` restores the newest.
+          changes: what may differ from the checkpoint (:class:`~nnx_momentum.ResumeChanges`).
 
         Returns:
           The step restored, or ``None`` when neither tier holds a checkpoint.
@@ -349,7 +356,7 @@ class TieredCheckpointer:
         name = self.tier_of(step)
         if name is None:
             return None
-        return self.tiers[name].restore(model, optimizer, step=step)
+        return self.tiers[name].restore(model, optimizer, step=step, changes=changes)
 
     def metadata(self, step: int | None = None) -> dict[str, Any] | None:
         """The JSON item of ``step`` (default: the newest of either tier), without arrays.

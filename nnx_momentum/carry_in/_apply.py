@@ -12,7 +12,6 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import jax
 import numpy as np
 from flax import nnx
 
@@ -293,6 +292,9 @@ def apply(model: Any, optimizer: Any, run: Run) -> None:
             writes.append((var, np.asarray(count, dtype)))
         elif kind == "learning_rate":
             writes.append((var, np.asarray(lrs[int(r.split(tree.SEP)[1])], dtype)))
-    for var, value in writes:
-        sharding = getattr(var.get_value(), "sharding", None)
-        var.set_value(jax.device_put(np.asarray(value), sharding))
+    # Checked above; tree.load_into writes each value onto its Variable's sharding.
+    tree.load_into(
+        {str(i): var for i, (var, _) in enumerate(writes)},
+        {str(i): np.asarray(value) for i, (_, value) in enumerate(writes)},
+        f"carry_in: the {run.source}",
+    )

@@ -15,6 +15,7 @@ saves, retention, metadata, a resume in a new process (bit-exact) and the main j
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import json
 import os
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -63,9 +65,9 @@ def _request(url: str, data: dict | None = None) -> None:
         pass
 
 
-@pytest.fixture(scope="module")
-def gcs():
-    """A fake-gcs-server on 127.0.0.1 with one bucket; the clients' variables point at it."""
+@contextlib.contextmanager
+def _emulator() -> Iterator[tuple[subprocess.Popen, dict[str, str]]]:
+    """A fake-gcs-server on 127.0.0.1 with one bucket, and the clients' variables for it."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     binary = str(fake_gcs._get_binary_path())
@@ -85,18 +87,26 @@ def gcs():
                     assert time.monotonic() < deadline, "fake-gcs-server did not start"
                     time.sleep(0.1)
             _request(f"{url}/storage/v1/b?project=p", {"name": BUCKET})
-            env = {
-                "STORAGE_EMULATOR_HOST": url,
-                "TENSORSTORE_GCS_HTTP_URL": url,
-                "GOOGLE_AUTH_TOKEN_FOR_TESTING": "x",
-            }
-            with pytest.MonkeyPatch.context() as mp:
-                for key, value in env.items():
-                    mp.setenv(key, value)
-                yield env
+            yield (
+                server,
+                {
+                    "STORAGE_EMULATOR_HOST": url,
+                    "TENSORSTORE_GCS_HTTP_URL": url,
+                    "GOOGLE_AUTH_TOKEN_FOR_TESTING": "x",
+                },
+            )
         finally:
             server.terminate()
             server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def gcs():
+    """The emulator for this module; the clients' variables point at it."""
+    with _emulator() as (_, env), pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        yield env
 
 
 @pytest.fixture(autouse=True)
@@ -216,3 +226,35 @@ def test_train_digits_example_on_a_bucket(gcs, tmp_path):
     assert not (tmp_path / "gs:").exists()
     with Checkpointer(f"gs://{BUCKET}/digits") as ckpt:
         assert ckpt.all_steps() == [100, 200, 300]
+
+
+@pytest.mark.parametrize("how", ["wait", "return"])
+def test_unreachable_bucket_fails_within_the_timeout(tmp_path, how):
+    """The server dies (kill -9) during an async save: an error in bounded time, never a hang.
+
+    README.md, "Checkpoint and resume" ("Atomic and async"): a save not committed
+    ``save_timeout_secs`` after its ``save`` call counts as failed --
+    ``wait_until_finished`` raises, and at exit the process ends with status 1 and a
+    stderr line naming the lost step. The worker sets 5 s.
+    """
+    with _emulator() as (server, env):
+        out = subprocess.run(
+            [sys.executable, str(SCRIPTS / "worker.py"), "lost_bucket", "-"]
+            + [str(server.pid), how],
+            env=_subprocess_env(env),
+            capture_output=True,
+            text=True,
+            timeout=120,  # without a bound this hung for minutes
+        )
+        ended = time.time()
+    killed = float(out.stdout.split("KILLED ", 1)[1].split()[0])
+    assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-4000:]
+    assert "RETURNING" in out.stdout
+    lost = [line for line in out.stderr.splitlines() if "NOT committed" in line]
+    assert len(lost) == 1 and "step 2 " in lost[0] and "gs://bucket/lost" in lost[0], lost
+    if how == "wait":
+        raised = out.stdout.split("RAISED after ", 1)[1]
+        assert float(raised.split()[0]) < 5 + 5 + 5  # timeout + cleanup bound + slack
+        assert "step 2" in raised and "save_timeout_secs=5" in raised, raised
+    # 5 s to notice, 5 s of cleanup at most, exit at once: well under a minute
+    assert ended - killed < 45, ended - killed

@@ -58,8 +58,11 @@ class Checkpointer:
     once orbax's commit file is written, so a crash mid-save, or an empty or
     partial step folder, is ignored. A save that fails (a full disk, a lost
     bucket) raises from the next call that can report it; its partial folder
-    is removed and the committed steps stay listed and restorable. Retention
-    follows :class:`CheckpointOptions`, across restarts.
+    is removed and the committed steps stay listed and restorable. Waits are
+    bounded by ``save_timeout_secs``, and a process that lost a save exits
+    with status 1 and a stderr line naming the step, never hanging
+    (:mod:`nnx_momentum.checkpoint.lifecycle`). Retention follows
+    :class:`CheckpointOptions`, across restarts.
 
     Args:
       directory: the checkpoint root: a local path, or a URL orbax writes
@@ -626,17 +629,19 @@ class Checkpointer:
         lifecycle.record_lost(step, self.directory, error)
         # A fresh orbax manager: the failed one forgot the steps it was about to delete
         # and still holds the failed save's temporary items (reads would refuse them).
-        # Closing it first also lets the failed save's other writes wind down -- unless
-        # it hung (then closing would hang too).
+        # Closing it first also lets the failed save's other writes wind down.
         failed, self._current = self._current, None
         budget = min(self.options.save_timeout_secs, 30.0)
 
         def cleanup() -> tuple[list[str], ocp.CheckpointManager]:
             if failed is not None:
                 lifecycle.unregister_for_exit(failed)
-                if not hung:
+                # orbax re-raises the failure once per calling thread (this one, first),
+                # then closes: hence two tries. Not if it hung (closing would hang too).
+                for _ in range(0 if hung else 2):
                     try:
                         failed.close()
+                        break
                     except Exception:  # noqa: BLE001 - the failure is what we report
                         pass
             removed: list[str] = []

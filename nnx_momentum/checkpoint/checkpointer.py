@@ -601,6 +601,7 @@ class Checkpointer:
         """
         timed_out = isinstance(error, TimeoutError)
         if not timed_out and _bounded(lambda: location.committed(self._root, step), 30.0) is True:
+            self._replace_manager(close=True)  # orbax forgot the saved step when it raised
             warnings.warn(
                 f"Checkpointer: step {step} was saved to {self.directory!r}, but finishing the "
                 f"save -- deleting old steps (retention) -- failed ({type(error).__name__}: "
@@ -608,7 +609,6 @@ class Checkpointer:
                 RuntimeWarning,
                 stacklevel=4,
             )
-            self._replace_manager(close=True)  # orbax forgot the saved step when it raised
             return None
         return self._failed(step, error, hung=timed_out)
 

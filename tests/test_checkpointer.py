@@ -341,6 +341,10 @@ def test_bad_options():
         CheckpointOptions(max_to_keep=0)
     with pytest.raises(ValueError, match="best_mode"):
         CheckpointOptions(best_mode="lowest")
+    for timeout in (0, -1.0, float("nan"), float("inf"), True, "60"):
+        with pytest.raises(ValueError, match="save_timeout_secs"):
+            CheckpointOptions(save_timeout_secs=timeout)
+    assert CheckpointOptions(save_timeout_secs=0.5).save_timeout_secs == 0.5
 
 
 # ---------------------------------------------------------------------------------------

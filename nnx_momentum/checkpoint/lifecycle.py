@@ -192,7 +192,7 @@ def wait_bounded(manager: ocp.CheckpointManager, seconds: float) -> BaseExceptio
                 "(unreachable or hung storage)"
             )
         time.sleep(pause)
-        pause = min(2 * pause, 0.05)
+        pause = min(2 * pause, 0.005)  # a few ms of latency at most
     try:
         manager.wait_until_finished()
         return None

@@ -81,6 +81,17 @@ def test_sys_exit_with_a_pending_save_is_committed_or_fails_loudly(tmp_path):
         assert out.returncode == 0 and step == 3, out.stderr[-4000:]
 
 
+def test_a_save_after_the_main_module_returned_is_committed_or_fails_loudly(tmp_path):
+    """A non-daemon thread saves after the script's last line: never lost with status 0."""
+    directory = tmp_path / "ckpt"
+    out = _run([str(WORKER), "late", str(directory)], tmp_path)
+    step = _committed_step(directory)
+    assert (out.returncode, step) in ((0, 3), (1, None)), (out.returncode, out.stderr[-4000:])
+    if step is None:
+        lost = [line for line in out.stderr.splitlines() if "was NOT committed" in line]
+        assert len(lost) == 1 and "step 3 " in lost[0], out.stderr[-4000:]
+
+
 def test_nothing_global_and_unwinds_are_not_slowed(tmp_path):
     out = _run([str(WORKER), "unwind", str(tmp_path / "ckpt")], tmp_path)
     assert out.returncode == 0, out.stderr[-4000:]

@@ -19,6 +19,7 @@ import faulthandler
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(SCRIPTS))
 
 import common  # noqa: E402
+from gcs_emulator import BUCKET, emulator  # noqa: E402
 
-BUCKET = "bucket"  # the one the gcs fixture creates
 TIMEOUT = 300  # per test and per subprocess
 
 
@@ -160,3 +161,35 @@ def test_train_digits_example_on_a_bucket(gcs, tmp_path):
     assert not (tmp_path / "gs:").exists()
     with Checkpointer(f"gs://{BUCKET}/digits") as ckpt:
         assert ckpt.all_steps() == [100, 200, 300]
+
+
+@pytest.mark.parametrize("how", ["wait", "return"])
+def test_unreachable_bucket_fails_within_the_timeout(tmp_path, how):
+    """The server dies (kill -9) during an async save: an error in bounded time, never a hang.
+
+    README.md, "Checkpoint and resume" ("Atomic and async"): a save not committed
+    ``save_timeout_secs`` after its ``save`` call counts as failed --
+    ``wait_until_finished`` raises, and at exit the process ends with status 1 and a
+    stderr line naming the lost step. The worker sets 5 s.
+    """
+    with emulator() as (server, env):
+        out = subprocess.run(
+            [sys.executable, str(SCRIPTS / "worker.py"), "lost_bucket", "-"]
+            + [str(server.pid), how],
+            env=_subprocess_env(env),
+            capture_output=True,
+            text=True,
+            timeout=120,  # without a bound this hung for minutes
+        )
+        ended = time.time()
+    killed = float(out.stdout.split("KILLED ", 1)[1].split()[0])
+    assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-4000:]
+    assert "RETURNING" in out.stdout
+    lost = [line for line in out.stderr.splitlines() if "NOT committed" in line]
+    assert len(lost) == 1 and "step 2 " in lost[0] and "gs://bucket/lost" in lost[0], lost
+    if how == "wait":
+        raised = out.stdout.split("RAISED after ", 1)[1]
+        assert float(raised.split()[0]) < 5 + 5 + 5  # timeout + cleanup bound + slack
+        assert "step 2" in raised and "save_timeout_secs=5" in raised, raised
+    # 5 s to notice, 5 s of cleanup at most, exit at once: well under a minute
+    assert ended - killed < 45, ended - killed

@@ -101,3 +101,31 @@ def test_steps_of_unknown_rank_are_kept(tmp_path):
     _save(tmp_path, {3: 4.0, 4: 0.5, 5: 3.0}, **BEST)
     # 1: unknown rank, kept; 2 (json: 1.0) and 4 (0.5): the best; 5: the newest
     assert _on_disk(tmp_path) == [1, 2, 4, 5]
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_a_failed_deletion_of_an_old_step_is_a_warning(tmp_path, async_save):
+    """README.md ("Retention"): the save is reported as saved; the failed deletion warns.
+
+    Step 1 is a symbolic link (to a folder elsewhere), which orbax's deletion refuses.
+    """
+    directory, elsewhere = tmp_path / "ckpt", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    opt = nm.MomentumOptimizer(model, lr=0.1)
+    with Checkpointer(directory, max_to_keep=1, async_save=async_save) as ckpt:
+        ckpt.save(1, model, opt)
+        ckpt.wait_until_finished()
+        shutil.move(directory / "1", elsewhere / "1")
+        (directory / "1").symlink_to(elsewhere / "1")
+        with pytest.warns(RuntimeWarning, match=r"step 2 was saved .*deleting old steps") as w:
+            assert ckpt.save(2, model, opt) is True
+            ckpt.wait_until_finished()  # the asynchronous case warns here
+        assert len(w) == 1 and "symbolic link" in str(w[0].message)
+        assert ckpt.all_steps() == [1, 2]  # nothing lost; the old step is still there
+        with pytest.warns(RuntimeWarning, match=r"step 3 was saved"):  # saving goes on
+            assert ckpt.save(3, model, opt) is True
+            ckpt.wait_until_finished()
+        assert ckpt.all_steps()[-1] == 3 and 1 in ckpt.all_steps()
+        fresh = nnx.Linear(2, 3, rngs=nnx.Rngs(5))
+        assert ckpt.restore(fresh, nm.MomentumOptimizer(fresh, lr=0.1)) == 3

@@ -341,6 +341,10 @@ def test_bad_options():
         CheckpointOptions(max_to_keep=0)
     with pytest.raises(ValueError, match="best_mode"):
         CheckpointOptions(best_mode="lowest")
+    for timeout in (0, -1.0, float("nan"), float("inf"), True, "60"):
+        with pytest.raises(ValueError, match="save_timeout_secs"):
+            CheckpointOptions(save_timeout_secs=timeout)
+    assert CheckpointOptions(save_timeout_secs=0.5).save_timeout_secs == 0.5
 
 
 # ---------------------------------------------------------------------------------------
@@ -579,3 +583,19 @@ def test_python_scalar_variable_round_trip(tmp_path):
         fresh.count = nnx.BatchStat(0)
         assert ckpt.restore(fresh, nm.MomentumOptimizer(fresh, lr=0.1)) == 1
     assert int(np.asarray(fresh.count.get_value())) == 3
+
+
+def test_an_older_step_is_refused_naming_both_steps(tmp_path):
+    """README.md ("Atomic and async"): steps must increase; only off-interval saves skip."""
+    model, opt = _small()
+    with Checkpointer(tmp_path, save_interval_steps=10) as ckpt:
+        assert ckpt.save(3000, model, opt) is True
+        with pytest.raises(ValueError, match=r"step 30 is older than the latest step 3000"):
+            ckpt.save(30, model, opt)
+        with pytest.raises(ValueError, match=r"step 3000 already exists as the latest step"):
+            ckpt.save(3000, model, opt, force=True)
+        assert ckpt.save(3001, model, opt) is False  # newer, off the interval: skipped
+    with Checkpointer(tmp_path) as ckpt:  # a new run in the same directory
+        with pytest.raises(ValueError, match=r"step 30 is older than the latest step 3000"):
+            ckpt.save(30, model, opt)
+        assert ckpt.all_steps() == [3000]

@@ -32,6 +32,9 @@ import dataclasses
 import operator
 import os
 import sys
+import threading
+import time
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,8 +58,11 @@ class Checkpointer:
     once orbax's commit file is written, so a crash mid-save, or an empty or
     partial step folder, is ignored. A save that fails (a full disk, a lost
     bucket) raises from the next call that can report it; its partial folder
-    is removed and the committed steps stay listed and restorable. Retention
-    follows :class:`CheckpointOptions`, across restarts.
+    is removed and the committed steps stay listed and restorable. Waits are
+    bounded by ``save_timeout_secs``, and a process that lost a save exits
+    with status 1 and a stderr line naming the step, never hanging
+    (:mod:`nnx_momentum.checkpoint.lifecycle`). Retention follows
+    :class:`CheckpointOptions`, across restarts.
 
     Args:
       directory: the checkpoint root: a local path, or a URL orbax writes
@@ -101,14 +107,26 @@ class Checkpointer:
         self._root = location.checkpoint_root(directory)
         self.directory = str(self._root)
         location.check_root(self._root, create=options.create)
-        self._manager = self._new_manager()
+        self._current: ocp.CheckpointManager | None = None  # see _manager
         self._closed = False
-        self._pending: int | None = None  # the step of the save in flight, if any
+        # The save in flight, if any: its step and the time.monotonic() it must be done by.
+        self._pending: tuple[int, float] | None = None
         self._preemption = lifecycle.PreemptionFlag()
         self._preempted_at: int | None = None  # the step of a coordinated preemption
-        # Nothing is lost at exit, even if this object was dropped without close():
-        # the exit hook holds the manager (not self) and completes its pending save.
-        lifecycle.register_for_exit(self._manager, self.directory)
+        self._manager.all_steps()  # the manager now: a bad root fails here
+
+    @property
+    def _manager(self) -> ocp.CheckpointManager:
+        """The orbax manager; a new one after a failed save (made here if cleanup could not)."""
+        if self._current is None:
+            self._current = self._new_manager()
+            if not self._closed:
+                # Nothing is lost at exit, even if this object was dropped without close():
+                # the exit hook holds the manager (not self) and completes its pending save.
+                lifecycle.register_for_exit(
+                    self._current, self.directory, self.options.save_timeout_secs
+                )
+        return self._current
 
     def _new_manager(self) -> ocp.CheckpointManager:
         return ocp.CheckpointManager(
@@ -130,9 +148,13 @@ class Checkpointer:
     def wait_until_finished(self) -> None:
         """Blocks until the pending asynchronous save (if any) is committed.
 
+        The wait is bounded: a save not committed ``save_timeout_secs`` after
+        its ``save`` call (an unreachable bucket) counts as failed.
+
         Raises:
-          RuntimeError: that save failed (its step was not committed; its
-            partial files were removed).
+          RuntimeError: that save failed or timed out (its step was not
+            committed; its partial files were removed where the storage
+            answered).
 
         Example:
           >>> import tempfile, nnx_momentum as nm
@@ -164,13 +186,16 @@ class Checkpointer:
             self._settle(block=True)
         except RuntimeError as e:
             error = e
+        manager = self._current  # kept: the committed steps can still be listed
         try:
-            self._manager.close()
+            if manager is not None:
+                manager.close()
         except Exception:
             if error is None:
                 raise
         finally:
-            lifecycle.unregister_for_exit(self._manager)
+            if manager is not None:
+                lifecycle.unregister_for_exit(manager)
             self._preemption.restore()
         if error is not None:
             raise error
@@ -246,15 +271,22 @@ class Checkpointer:
         Returns:
           ``True`` if a checkpoint was written (synchronous) or started
           (asynchronous: a failure is raised by the next call), ``False`` when
-          skipped (the step is off the save interval, or not newer than the
-          latest step).
+          skipped because the step is off the save interval.
 
         Raises:
           TypeError: ``extra`` or ``metrics`` is not JSON-serialisable.
-          ValueError: ``step`` is not a non-negative int, the step already
-            exists, or ``best_metric`` is missing from ``metrics``.
+          ValueError: ``step`` is not a non-negative int, is not newer than
+            the latest saved step (the message names both; nothing is
+            written), or ``best_metric`` is missing from ``metrics``.
           RuntimeError: this save (synchronous) or the previous one
-            (asynchronous) failed; its step was not committed.
+            (asynchronous) failed; its step was not committed. A previous
+            failure does not stop this save: the step is still written, then
+            the error names both steps (the failed one, and this one saved or
+            started).
+
+        Warns:
+          RuntimeWarning: the step was saved, but deleting an old step
+            (retention) failed; the old step stays on disk.
 
         Example:
           >>> import tempfile
@@ -279,12 +311,22 @@ class Checkpointer:
         # JSON copies: the JSON item is written in the background, so later changes
         # to the caller's dicts must not leak into this step.
         extra_copy = metadata.json_copy("extra", dict(extra) if extra is not None else {})
-        self._settle(block=False)
+        latest = self._manager.latest_step()  # committed or in flight
+        if latest is not None and step <= latest:
+            how = "already exists as" if step == latest else "is older than"
+            raise ValueError(
+                f"Checkpointer.save: step {step} {how} the latest step {latest} in "
+                f"{self.directory!r}; steps must increase (restore step {latest} to resume, or "
+                "save into another directory)."
+            )
+        earlier = self._failure(block=False)
         if self._preemption.requested or self._at_sync_point(step):
-            return self._final_save(step, model, optimizer, checked, extra_copy)
+            return self._final_save(step, model, optimizer, checked, extra_copy, earlier)
         if not force and not self._manager.should_save(step):
+            if earlier is not None:
+                raise earlier
             return False
-        return self._write(step, model, optimizer, checked, extra_copy)
+        return self._write(step, model, optimizer, checked, extra_copy, earlier)
 
     def _write(
         self,
@@ -293,12 +335,17 @@ class Checkpointer:
         optimizer: Any,
         metrics: dict[str, Any] | None,
         extra: dict[str, Any],
+        earlier: RuntimeError | None = None,
     ) -> bool:
-        self._settle(block=True)  # the previous save's failure, if any, is reported first
-        if step in self._manager.all_steps():
-            raise ValueError(
-                f"Checkpointer.save: step {step} already exists in {self.directory!r}."
+        """Writes ``step``; then raises ``earlier`` (a previous save's failure) naming both."""
+        earlier = earlier or self._failure(block=True)
+        if lifecycle.exit_started():
+            error = RuntimeError(
+                f"Checkpointer.save: step {step} cannot be saved to {self.directory!r}: the "
+                "interpreter is exiting (the main module returned); save before it ends."
             )
+            lifecycle.record_lost(step, self.directory, error)
+            raise error
         live = {
             "model": targets.live_variables(nnx.state(model), "model"),
             "optimizer": targets.live_variables(targets.optimizer_state(optimizer), "optimizer"),
@@ -326,9 +373,21 @@ class Checkpointer:
         try:
             saved = bool(self._manager.save(step, args=args, metrics=metrics, force=True))
         except Exception as e:
-            raise self._failed(step, e) from e
+            failure = self._outcome(step, e)
+            if failure is None:  # committed; an old step could not be deleted (warned)
+                saved = True
+            elif earlier is None:
+                raise failure from e
+            else:
+                raise RuntimeError(f"{earlier} Then: {failure}") from e
         if saved and self.options.async_save:
-            self._pending = step
+            self._pending = (step, time.monotonic() + self.options.save_timeout_secs)
+        if earlier is not None:
+            state = "started" if self._pending else "saved"
+            raise RuntimeError(
+                f"{earlier} The next save, of step {step}, was {state} nonetheless"
+                + (" (a failure of it is reported by the next call)." if self._pending else ".")
+            ) from earlier
         return saved
 
     # -- restore ------------------------------------------------------------------------
@@ -515,13 +574,12 @@ class Checkpointer:
         optimizer: Any,
         metrics: dict[str, Any] | None,
         extra: dict[str, Any],
+        earlier: RuntimeError | None,
     ) -> bool:
-        """The save of a preemption: this step (unless already saved), committed; then exit."""
+        """The save of a preemption: this step, committed; then exit."""
         self._preemption.requested = False
         self._preempted_at = step
-        saved = False
-        if step not in self._manager.all_steps():
-            saved = self._write(step, model, optimizer, metrics, {**extra, "preempted": True})
+        saved = self._write(step, model, optimizer, metrics, {**extra, "preempted": True}, earlier)
         self._settle(block=True)
         if self._preemption.armed:
             self.close()
@@ -529,39 +587,109 @@ class Checkpointer:
         return saved
 
     def _settle(self, *, block: bool) -> None:
-        """Finishes with the pending save: waits (or checks, ``block=False``); reports a failure."""
-        if self._pending is None or (not block and self._manager.is_saving_in_progress()):
-            return
-        step, self._pending = self._pending, None
-        try:
-            self._manager.wait_until_finished()
-        except Exception as e:
-            raise self._failed(step, e) from e
+        """Finishes with the pending save: waits (bounded) or checks; raises its failure."""
+        error = self._failure(block=block)
+        if error is not None:
+            raise error
 
-    def _failed(self, step: int, error: BaseException) -> RuntimeError:
-        """Cleans up after the failed save of ``step``; the error to raise."""
+    def _failure(self, *, block: bool) -> RuntimeError | None:
+        """The pending save's failure (or timeout), once it is known; ``None`` if none (yet)."""
+        if self._pending is None:
+            return None
+        step, deadline = self._pending
+        manager = self._manager
+        left = deadline - time.monotonic()
+        if not block and left > 0 and manager.is_saving_in_progress():
+            return None
+        self._pending = None
+        error = lifecycle.wait_bounded(manager, max(left, 0.0))
+        if isinstance(error, TimeoutError):
+            error = TimeoutError(
+                f"not committed within save_timeout_secs={self.options.save_timeout_secs:g} s "
+                "of its save() call (unreachable or hung storage)"
+            )
+        return None if error is None else self._outcome(step, error)
+
+    def _outcome(self, step: int, error: BaseException) -> RuntimeError | None:
+        """What orbax's ``error`` for the save of ``step`` means: a lost step, or only a warning.
+
+        orbax deletes old steps (retention) after the commit, in the same call or
+        thread: if that fails the step is saved -- a warning, not a failure.
+        """
+        timed_out = isinstance(error, TimeoutError)
+        if not timed_out and _bounded(lambda: location.committed(self._root, step), 30.0) is True:
+            self._replace_manager(close=True)  # orbax forgot the saved step when it raised
+            warnings.warn(
+                f"Checkpointer: step {step} was saved to {self.directory!r}, but finishing the "
+                f"save -- deleting old steps (retention) -- failed ({type(error).__name__}: "
+                f"{error}); what could not be deleted stays on disk.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return None
+        return self._failed(step, error, hung=timed_out)
+
+    def _replace_manager(self, *, close: bool) -> None:
+        """Drops the orbax manager (closing it if it can be); the next use makes a fresh one."""
+        old, self._current = self._current, None
+        if old is None:
+            return
+        lifecycle.unregister_for_exit(old)
+        if close:
+            try:
+                old.close()
+            except Exception:  # noqa: BLE001 - what failed is reported by the caller
+                pass
+
+    def _failed(self, step: int, error: BaseException, *, hung: bool = False) -> RuntimeError:
+        """Cleans up after the failed save of ``step`` (bounded); the error to raise."""
+        lifecycle.record_lost(step, self.directory, error)
         # A fresh orbax manager: the failed one forgot the steps it was about to delete
         # and still holds the failed save's temporary items (reads would refuse them).
         # Closing it first also lets the failed save's other writes wind down.
-        failed = self._manager
-        lifecycle.unregister_for_exit(failed)
-        try:
-            failed.close()
-        except Exception:  # noqa: BLE001 - the failure is what we report
-            pass
-        removed: list[str] = []
-        if jax.process_index() == 0:  # one process deletes
-            try:
-                removed = location.remove_uncommitted(self._root, step)
-            except OSError:
-                pass
-        self._manager = self._new_manager()
-        lifecycle.register_for_exit(self._manager, self.directory)
+        failed, self._current = self._current, None
+        budget = min(self.options.save_timeout_secs, 30.0)
+
+        def cleanup() -> tuple[list[str], ocp.CheckpointManager]:
+            if failed is not None:
+                lifecycle.unregister_for_exit(failed)
+                # orbax re-raises the failure once per calling thread (this one, first),
+                # then closes: hence two tries. Not if it hung (closing would hang too).
+                for _ in range(0 if hung else 2):
+                    try:
+                        failed.close()
+                        break
+                    except Exception:  # noqa: BLE001 - the failure is what we report
+                        pass
+            removed: list[str] = []
+            if jax.process_index() == 0:  # one process deletes
+                try:
+                    removed = location.remove_uncommitted(self._root, step)
+                except OSError:
+                    pass
+            fresh = self._new_manager()
+            fresh.all_steps()
+            return removed, fresh
+
+        outcome = _bounded(cleanup, budget)
+        if isinstance(outcome, tuple):
+            removed, self._current = outcome
+            lifecycle.register_for_exit(
+                self._current, self.directory, self.options.save_timeout_secs
+            )
+            steps = sorted(self._current.all_steps())
+            after = (
+                f" and its partial files were removed ({removed})" if removed else ""
+            ) + f"; committed steps: {steps}."
+        else:
+            self._current = None  # made again at the next use
+            after = (
+                f"; its partial files could not be removed and the committed steps not listed "
+                f"({_describe(outcome, budget)})."
+            )
         return RuntimeError(
             f"Checkpointer: the save of step {step} to {self.directory!r} failed "
-            f"({type(error).__name__}: {error}). It was not committed"
-            + (f" and its partial files were removed ({removed})" if removed else "")
-            + f"; committed steps: {sorted(self._manager.all_steps())}."
+            f"({type(error).__name__}: {error}). It was not committed{after}"
         )
 
     def _committed_step(self, step: int | None, caller: str) -> int | None:
@@ -585,6 +713,31 @@ class Checkpointer:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(f"Checkpointer for {self.directory!r} is closed.")
+
+
+def _bounded(fn: Any, seconds: float) -> Any:
+    """``fn()`` in a daemon thread, waited for at most ``seconds``: its result, or what failed.
+
+    Returns the exception ``fn`` raised, or ``None`` if it is still running.
+    """
+    box: list[Any] = []
+
+    def run() -> None:
+        try:
+            box.append(fn())
+        except BaseException as e:  # noqa: BLE001 - returned to the caller
+            box.append(e)
+
+    thread = threading.Thread(target=run, name="nnx_momentum-checkpoint-cleanup", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return box[0] if box else None
+
+
+def _describe(outcome: Any, seconds: float) -> str:
+    if outcome is None:
+        return f"the storage did not answer within {seconds:g} s"
+    return f"{type(outcome).__name__}: {outcome}"
 
 
 def _checked_step(step: Any, caller: str) -> int:

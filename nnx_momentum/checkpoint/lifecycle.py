@@ -24,15 +24,28 @@ waits for pending saves when the script's last line has run -- from a script,
 by ``sys.exit`` or an exception on 3.12 cannot be caught that way: if its save
 then cannot complete, the exit callback says so on stderr and the process
 exits with status 1 -- a save is never lost silently.
+
+Bounded, and loud. Every wait for a pending save is bounded by the
+checkpointer's ``save_timeout_secs`` (:func:`wait_bounded` polls the manager,
+so it needs no thread, even at shutdown). A save that failed or timed out
+during the run is recorded (:func:`record_lost`); at exit the callback then
+writes one line per lost step on stderr and ends the process with status 1 at
+once, instead of waiting for orbax's threads of the failed save (which may
+wait minutes for signals that never come). A save started after the exit
+callback ran (from a non-daemon thread still running) cannot be completed: it
+raises in that thread and the process exits with status 1
+(:func:`exit_started`).
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -42,8 +55,11 @@ __all__ = [
     "PreemptionFlag",
     "coordinated",
     "exit_hooks_installed",
+    "exit_started",
+    "record_lost",
     "register_for_exit",
     "unregister_for_exit",
+    "wait_bounded",
 ]
 
 EXIT_STATUS_LOST_SAVE = 1
@@ -136,48 +152,141 @@ def coordinated() -> bool:
 
 
 # -- interpreter exit -----------------------------------------------------------------------
-# Managers with possibly pending saves, by id, with the checkpoint root for messages.
-_OPEN: dict[int, tuple[ocp.CheckpointManager, str]] = {}
-_LOST: list[str] = []  # saves that failed while being completed for exit
+# Managers with possibly pending saves, by id: (manager, checkpoint root, timeout in seconds).
+_OPEN: dict[int, tuple[ocp.CheckpointManager, str, float]] = {}
+_LOST: list[str] = []  # one line per save that was not committed (reported at exit)
+_EXIT = {"started": False}
 
 
-def _wait(manager: ocp.CheckpointManager, where: str) -> bool:
+def wait_bounded(manager: ocp.CheckpointManager, seconds: float) -> BaseException | None:
+    """Waits at most ``seconds`` for ``manager``'s pending save; what went wrong, if anything.
+
+    It polls ``manager.is_saving_in_progress()`` (no thread is started, so this
+    also works while the interpreter shuts down), then collects the outcome
+    with ``manager.wait_until_finished()``.
+
+    Args:
+      manager: an orbax ``CheckpointManager``.
+      seconds: the longest wait.
+
+    Returns:
+      ``None`` when the save (if any) completed; the exception it raised; or a
+      ``TimeoutError`` when it was still running after ``seconds``.
+
+    Example:
+      >>> import tempfile
+      >>> import orbax.checkpoint as ocp
+      >>> from nnx_momentum.checkpoint.lifecycle import wait_bounded
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     manager = ocp.CheckpointManager(d)
+      ...     print(wait_bounded(manager, 1.0))
+      ...     manager.close()
+      None
+    """
+    deadline = time.monotonic() + seconds
+    pause = 0.001
+    while manager.is_saving_in_progress():
+        if time.monotonic() >= deadline:
+            return TimeoutError(
+                f"still not committed after save_timeout_secs={seconds:g} s "
+                "(unreachable or hung storage)"
+            )
+        time.sleep(pause)
+        pause = min(2 * pause, 0.005)  # a few ms of latency at most
     try:
         manager.wait_until_finished()
-        return True
-    except BaseException as e:  # noqa: BLE001 - reported at exit
-        _LOST.append(f"{where}: {type(e).__name__}: {e}")
-        return False
+        return None
+    except BaseException as e:  # noqa: BLE001 - the caller reports it
+        return e
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    text = re.sub(r"\s+", " ", text).strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def record_lost(step: int, where: str, error: BaseException | str) -> None:
+    """Records that the save of ``step`` to ``where`` was not committed.
+
+    At interpreter exit the process then writes one line per lost step on
+    stderr and exits with status 1 (:data:`EXIT_STATUS_LOST_SAVE`) without
+    waiting for the failed save's threads. Recorded after the exit callback
+    ran (a save from a thread still running), a plain ``atexit`` callback does
+    that at the very end.
+
+    Args:
+      step: the step that was not committed.
+      where: the checkpoint root.
+      error: what happened.
+
+    Example:
+      >>> from nnx_momentum.checkpoint import lifecycle
+      >>> lifecycle.record_lost  # doctest: +ELLIPSIS
+      <function record_lost at ...>
+    """
+    if isinstance(error, BaseException):
+        error = f"{type(error).__name__}: {error}"
+    _LOST.append(
+        f"nnx_momentum.Checkpointer: step {step} was NOT committed to {where!r} "
+        f"(older steps are intact): {_one_line(error)}"
+    )
+    if _EXIT["started"]:
+        atexit.register(_exit_if_lost)
+    else:
+        _EXIT_HOOK.install()  # even after the last close(): the exit status must say it
+
+
+def exit_started() -> bool:
+    """Whether the exit callback has run: a save started now cannot be completed.
+
+    Returns:
+      ``True`` once the interpreter's exit callback of this module ran.
+
+    Example:
+      >>> from nnx_momentum.checkpoint.lifecycle import exit_started
+      >>> exit_started()
+      False
+    """
+    return _EXIT["started"]
 
 
 def _complete_pending_saves() -> None:
-    for manager, where in list(_OPEN.values()):
-        _wait(manager, where)
+    for manager, where, timeout in list(_OPEN.values()):
+        _settle_at_exit(manager, where, timeout)
+
+
+def _settle_at_exit(manager: ocp.CheckpointManager, where: str, timeout: float) -> bool:
+    pending = manager.latest_step()  # orbax lists a step from its save on (forgets it on failure)
+    error = wait_bounded(manager, timeout)
+    if error is not None:
+        record_lost(-1 if pending is None else pending, where, error)
+    return error is None
+
+
+def _exit_if_lost() -> None:
+    if not _LOST:
+        return
+    sys.stderr.write("\n".join(dict.fromkeys(_LOST)) + "\n")
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(EXIT_STATUS_LOST_SAVE)
 
 
 def _at_exit() -> None:
-    """Completes every pending save and closes the managers; a lost save exits with status 1."""
+    """Completes every pending save (bounded) and closes the managers; a lost save: status 1."""
+    _EXIT["started"] = True
     _MAIN_WATCH.stop()
     while _OPEN:
-        _, (manager, where) = _OPEN.popitem()
-        if _wait(manager, where):
+        _, (manager, where, timeout) = _OPEN.popitem()
+        if _settle_at_exit(manager, where, timeout):
             try:
                 manager.close()
             except BaseException:  # noqa: BLE001 - the data is committed; nothing to lose
                 pass
-    if _LOST:
-        lost = "\n  ".join(_LOST)
-        sys.stderr.write(
-            "nnx_momentum.Checkpointer: a pending asynchronous save could not be completed at "
-            f"interpreter exit; that step was NOT committed (older steps are intact):\n  {lost}\n"
-            "Call ckpt.close() (or use `with nm.Checkpointer(...)`) before the program ends.\n"
-        )
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError, AttributeError):
-                pass
-        os._exit(EXIT_STATUS_LOST_SAVE)
+    _exit_if_lost()
 
 
 class _ExitHook:
@@ -294,7 +403,9 @@ def exit_hooks_installed() -> bool:
     return _EXIT_HOOK.installed is not None or _MAIN_WATCH.active
 
 
-def register_for_exit(manager: ocp.CheckpointManager, where: str = "") -> None:
+def register_for_exit(
+    manager: ocp.CheckpointManager, where: str = "", timeout: float = 300.0
+) -> None:
     """Makes interpreter exit complete ``manager``'s pending save, then close it.
 
     The hook holds the manager (not the checkpointer), so nothing is lost even
@@ -303,6 +414,8 @@ def register_for_exit(manager: ocp.CheckpointManager, where: str = "") -> None:
     Args:
       manager: an open orbax ``CheckpointManager``.
       where: the checkpoint root, for messages.
+      timeout: the longest wait at exit, in seconds; a save still pending
+        then is reported lost (status 1).
 
     Example:
       >>> import tempfile
@@ -314,7 +427,7 @@ def register_for_exit(manager: ocp.CheckpointManager, where: str = "") -> None:
       ...     unregister_for_exit(manager)
       ...     manager.close()
     """
-    _OPEN[id(manager)] = (manager, where or str(manager.directory))
+    _OPEN[id(manager)] = (manager, where or str(manager.directory), timeout)
     _EXIT_HOOK.install()
     _MAIN_WATCH.start()
 
@@ -322,7 +435,8 @@ def register_for_exit(manager: ocp.CheckpointManager, where: str = "") -> None:
 def unregister_for_exit(manager: ocp.CheckpointManager) -> None:
     """Forgets ``manager`` (it was closed); the last one removes every hook.
 
-    A manager never registered is ignored.
+    A manager never registered is ignored. The exit callback stays while a
+    lost save is recorded (:func:`record_lost`): the exit status must say so.
 
     Args:
       manager: a manager passed to :func:`register_for_exit`.
@@ -339,4 +453,5 @@ def unregister_for_exit(manager: ocp.CheckpointManager) -> None:
     _OPEN.pop(id(manager), None)
     if not _OPEN:
         _MAIN_WATCH.stop()
-        _EXIT_HOOK.remove()
+        if not _LOST:
+            _EXIT_HOOK.remove()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -49,10 +50,17 @@ class CheckpointOptions:
       create: create ``directory`` if it does not exist.
       check_hyperparams: on restore, refuse an optimizer whose hyperparameters
         (momentum, clipping, weight decay, scheduler) differ from the saved ones.
+      save_timeout_secs: how long an asynchronous save may take, from the
+        ``save`` call to its commit (default 300 s). A save still unfinished
+        then (an unreachable bucket, a hung disk) counts as failed: the next
+        call raises ``RuntimeError``, and at interpreter exit the process ends
+        with status 1 instead of hanging. Raise it for checkpoints that take
+        longer to write.
 
     Raises:
       ValueError: naming the field, when ``max_to_keep``, ``best_n`` or
-        ``save_interval_steps`` is not an int >= 1, ``best_mode`` is neither
+        ``save_interval_steps`` is not an int >= 1, ``save_timeout_secs`` is
+        not a finite number > 0, ``best_mode`` is neither
         ``'min'`` nor ``'max'``, or ``best_n`` is given without ``best_metric``.
 
     Example:
@@ -73,8 +81,19 @@ class CheckpointOptions:
     async_save: bool = True
     create: bool = True
     check_hyperparams: bool = True
+    save_timeout_secs: float = 300.0
 
     def __post_init__(self) -> None:
+        timeout = self.save_timeout_secs
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not 0 < timeout < math.inf
+        ):
+            raise ValueError(
+                "CheckpointOptions.save_timeout_secs must be a finite number of seconds > 0, "
+                f"got {timeout!r}."
+            )
         for name in ("max_to_keep", "best_n"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -224,5 +243,7 @@ def manager_options(
         best_mode=options.best_mode,
         create=options.create,
         enable_async_checkpointing=options.async_save,
+        # orbax's own wait for the written files gives up too (the Checkpointer bounds the rest)
+        async_options=ocp.AsyncOptions(timeout_secs=math.ceil(options.save_timeout_secs)),
         atomicity_options=ocp_options.AtomicityOptions(mode=ocp_options.AtomicityMode.COMMIT_FILE),
     )

@@ -7,6 +7,8 @@ kernel -- slow enough to be pending at exit -- and never calls close()):
   main       from the main module's top level, then the script ends
   thread     the Checkpointer is made and saved from a worker thread, then the script ends
   sysexit    as main, then ``sys.exit(0)``
+  late       the Checkpointer is made in the main module; a non-daemon thread saves after
+             the main module has returned (the exit callback has run by then)
   unwind     prints the cost of an exception unwinding 5 frames before a Checkpointer,
              while one is open and after close(), and whether hooks remain (JSON)
 
@@ -106,6 +108,19 @@ def run(mode: str, directory: str) -> None:
         worker = threading.Thread(target=pending_save, args=(directory,))
         worker.start()
         worker.join()
+    elif mode == "late":
+        ckpt = nm.Checkpointer(directory)
+
+        def save_late() -> None:
+            time.sleep(1.0)  # the main module has returned meanwhile
+            model = common.big_model()
+            opt = nm.MomentumOptimizer(model, lr=0.1)
+            common.fill(model, opt, 3.0)
+            model.kernel.set_value(saved_kernel())
+            ckpt.save(3, model, opt, extra={"step": 3})
+
+        threading.Thread(target=save_late).start()
+        print("RETURNING", flush=True)
     elif mode == "sysexit":
         pending_save(directory)
         sys.exit(0)

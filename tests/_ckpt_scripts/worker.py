@@ -11,8 +11,18 @@ Modes:
   sigterm                        make_train_step forever, save_on_sigterm (parent sends SIGTERM)
   full_disk HOW                   max_to_keep=1: save step 1, then limit file sizes to 1 MB
                                  (RLIMIT_FSIZE, a real EFBIG on write) and save step 2; HOW
-                                 ('sync', 'async-save', 'async-steps') says which call must
+                                 ('sync', 'async-wait', 'async-steps') says which call must
                                  report the failure; print what the instance sees (JSON)
+  transient                      files are limited to 32 MB; async saves 1..5, step 3 carrying
+                                 a 40 MB `extra` (its JSON item fails with EFBIG); print what
+                                 each save returned or raised and the steps (JSON)
+  fail_exit FAULT END            save step 1; FAULT ('rlimit': files limited to 1 MB,
+                                 'replaced': the directory replaced by a regular file); save 2;
+                                 END 'close' (error caught) or 'return' (no close); prints
+                                 FAULT_AT <time.time()> before the save
+  lost_bucket PID HOW            save_timeout_secs=5 on gs://bucket/lost: save 1, save 2 and
+                                 kill -9 the GCS emulator PID at once; HOW 'wait'
+                                 (wait_until_finished, error caught) or 'return'
   scored START LOSS...           best_n=2 by 'loss' (max_to_keep=1): save steps START, START+1,
                                  ... with these losses, then print the steps on disk (JSON)
 """
@@ -24,6 +34,7 @@ import os
 import resource
 import signal
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -135,6 +146,15 @@ def main(mode: str, directory: str, *args: str) -> None:
     elif mode == "full_disk":
         print(json.dumps(full_disk(directory, args[0])), flush=True)
 
+    elif mode == "transient":
+        print(json.dumps(transient(directory)), flush=True)
+
+    elif mode == "fail_exit":
+        fail_exit(directory, *args)
+
+    elif mode == "lost_bucket":
+        lost_bucket(int(args[0]), args[1])
+
     elif mode == "scored":
         start, losses = int(args[0]), [float(x) for x in args[1:]]
         model = nnx.Linear(3, 4, rngs=nnx.Rngs(0))
@@ -172,12 +192,10 @@ def full_disk(directory: str, how: str) -> dict[str, object]:
     try:
         report["save 2"] = ckpt.save(2, model, opt, extra={"step": 2})
         # the next call that can report it
-        if how == "async-save":
-            report["save 3"] = ckpt.save(3, model, opt)
+        if how == "async-wait":
+            ckpt.wait_until_finished()
         else:
             report["steps"] = ckpt.all_steps()
-            import time
-
             for _ in range(600):  # the failure is reported once the write has failed
                 time.sleep(0.05)
                 report["steps"] = ckpt.all_steps()
@@ -197,6 +215,76 @@ def full_disk(directory: str, how: str) -> dict[str, object]:
         report["steps in a new instance"] = again.all_steps()
     report["entries at the end"] = sorted(os.listdir(directory))
     return report
+
+
+def _limit_file_size(size: int) -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+
+def transient(directory: str) -> dict[str, object]:
+    """Step 3 fails to write (its JSON item is too large); what saves 4 and 5 do."""
+    _limit_file_size(32 << 20)
+    model = common.big_model()
+    opt = nm.MomentumOptimizer(model, lr=0.1)
+    report: dict[str, object] = {}
+    ckpt = Checkpointer(directory)
+    for step in range(1, 6):
+        common.fill(model, opt, float(step))
+        extra = {"blob": "x" * (40 << 20)} if step == 3 else {"step": step}
+        try:
+            report[f"save {step}"] = ckpt.save(step, model, opt, extra=extra)
+        except RuntimeError as e:
+            report[f"save {step}"] = str(e)
+    ckpt.close()
+    with Checkpointer(directory) as again:
+        report["steps"] = again.all_steps()
+    return report
+
+
+def fail_exit(directory: str, fault: str, end: str) -> None:
+    """A save that fails mid-run; the script then ends (after close(), or without)."""
+    model = common.big_model()
+    opt = nm.MomentumOptimizer(model, lr=0.1)
+    model.kernel.set_value(jax.random.normal(jax.random.key(0), model.kernel.shape))
+    ckpt = Checkpointer(directory)
+    ckpt.save(1, model, opt)
+    ckpt.wait_until_finished()
+    print(f"FAULT_AT {time.time()}", flush=True)
+    if fault == "rlimit":
+        _limit_file_size(1 << 20)
+    else:  # the directory goes away under the run (a lost mount): a file in its place
+        os.rename(directory, directory + ".moved")
+        with open(directory, "w"):
+            pass
+    ckpt.save(2, model, opt)
+    if end == "close":
+        try:
+            ckpt.close()
+        except RuntimeError as e:
+            print(f"CAUGHT {e}", flush=True)
+    print("RETURNING", flush=True)
+
+
+def lost_bucket(server_pid: int, how: str) -> None:
+    """An async save to a bucket whose server dies (kill -9) at once."""
+    model = common.big_model()
+    opt = nm.MomentumOptimizer(model, lr=0.1)
+    ckpt = Checkpointer("gs://bucket/lost", save_timeout_secs=5)
+    ckpt.save(1, model, opt)
+    ckpt.wait_until_finished()
+    model.kernel.set_value(jax.random.normal(jax.random.key(0), model.kernel.shape))
+    ckpt.save(2, model, opt)
+    os.kill(server_pid, signal.SIGKILL)
+    print(f"KILLED {time.time()}", flush=True)
+    if how == "wait":
+        t0 = time.monotonic()
+        try:
+            ckpt.wait_until_finished()
+            print("WAITED", flush=True)
+        except RuntimeError as e:
+            print(f"RAISED after {time.monotonic() - t0:.1f} s: {e}", flush=True)
+    print("RETURNING", flush=True)
 
 
 if __name__ == "__main__":

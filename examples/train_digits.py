@@ -21,7 +21,9 @@ the cosine schedule, which each checkpoint records, and resuming a run with
 another schedule is refused with an error that says so.
 
 ``loss.png`` (train loss; train and held-out accuracy; the LR) is written next
-to the checkpoints.
+to the checkpoints; the first line printed says where. Ctrl-C stops a run with
+one line saying from which step the same command resumes; a directory that
+cannot be used (read-only, ``gs://`` without gcsfs or credentials) is one line too.
 """
 
 from __future__ import annotations

@@ -308,16 +308,39 @@ class _Refusing(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_missing_credentials_are_one_clear_error():
+@contextlib.contextmanager
+def _refusing_server() -> Iterator[dict[str, str]]:
+    """A local server that answers as GCS answers a caller without credentials."""
     with http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refusing) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         try:
             url = f"http://127.0.0.1:{server.server_address[1]}"
-            env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url}
-            out, seconds = _construct(f"gs://{BUCKET}/run", env)
+            yield {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url}
         finally:
             server.shutdown()
+
+
+def test_missing_credentials_are_one_clear_error():
+    with _refusing_server() as env:
+        out, seconds = _construct(f"gs://{BUCKET}/run", env)
     assert out.returncode == 1, out.stdout + out.stderr[-4000:]
     (line,) = [x for x in out.stderr.splitlines() if x.startswith("PermissionError")]
     assert "no valid Google Cloud credentials" in line and "gcloud auth" in line, line
     assert out.stderr.strip().splitlines() == [line] and seconds < TIMEOUT
+
+
+def test_train_digits_without_credentials_ends_with_one_line(tmp_path):
+    pytest.importorskip("sklearn")
+    with _refusing_server() as env:
+        out = subprocess.run(
+            [sys.executable, str(REPO / "examples" / "train_digits.py")]
+            + ["--ckpt-dir", f"gs://{BUCKET}/digits"],
+            env={**_subprocess_env({}), **env},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+    assert out.returncode == 1, out.stdout + out.stderr[-4000:]
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("train_digits.py: Checkpointer: no valid Google Cloud credentials"), line

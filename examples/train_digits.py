@@ -21,7 +21,7 @@ the cosine schedule, which each checkpoint records, and resuming a run with
 another schedule is refused with an error that says so.
 
 ``loss.png`` (train loss; train and held-out accuracy; the LR) is written next
-to the checkpoints; the first line printed says where. Ctrl-C stops a run with
+to the checkpoints; the first line printed says where. Ctrl-C saves the step and stops, with
 one line saying from which step the same command resumes; a directory that
 cannot be used (read-only, ``gs://`` without gcsfs or credentials) is one line too.
 """
@@ -29,6 +29,7 @@ cannot be used (read-only, ``gs://`` without gcsfs or credentials) is one line t
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 import jax
@@ -109,6 +110,28 @@ def flat_arrays(model: MLP, optimizer: nm.MomentumOptimizer) -> dict[str, np.nda
     return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
 
 
+class CtrlC:
+    """Ctrl-C as a flag the loop reads between steps: the run saves that step and stops.
+
+    No step or save is cut in half; a second Ctrl-C stops at once (``KeyboardInterrupt``).
+    """
+
+    def __init__(self) -> None:
+        self.pressed = False
+
+    def __enter__(self) -> CtrlC:
+        self._previous = signal.signal(signal.SIGINT, self._press)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+    def _press(self, signum: int, frame: object) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """``--help``: the module docstring as written, and every option's default."""
 
@@ -157,6 +180,7 @@ def main() -> None:
         sys.exit(f"train_digits.py: {e}")
     print(f"checkpoints and loss.png go to {ckpt.directory}")
     saved = 0  # the newest checkpoint, for the message on Ctrl-C
+    ctrl_c = CtrlC()
     try:
         with ckpt:  # leaving it (Ctrl-C too) waits for the save in flight
             try:
@@ -187,7 +211,8 @@ def main() -> None:
                 # Compiled once; donates the model and optimizer buffers (updated in place).
                 train_step = nm.make_train_step(loss_fn, model, optimizer, has_aux=True)
                 losses, accs = [], []
-                with tqdm(range(start, stop), initial=start, total=args.steps, desc="train") as bar:
+                steps = range(start, stop)
+                with tqdm(steps, initial=start, total=args.steps, desc="train") as bar, ctrl_c:
                     for step in bar:
                         rows = batch_rows(args.seed, step, len(x_train), args.batch_size)
                         done = step + 1
@@ -214,7 +239,7 @@ def main() -> None:
                                 test_acc=f"{point['test_acc']:.3f}",
                                 lr=f"{lr:.3g}",  # 2.74e-08, not 0.0000, at the end of the cosine
                             )
-                        if done % args.save_every == 0 or done == stop:
+                        if done % args.save_every == 0 or done == stop or ctrl_c.pressed:
                             epoch, batch = divmod(done, len(x_train) // args.batch_size)  # up next
                             extra = {
                                 "seed": args.seed,
@@ -226,7 +251,10 @@ def main() -> None:
                                 done, model, optimizer, extra=extra, metrics={"loss": float(loss)}
                             )
                             saved = done
-
+                        if ctrl_c.pressed:  # saved just above: stop here
+                            break
+            if ctrl_c.pressed:
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
         since = f"from step {saved}" if saved else "from the start (no checkpoint yet)"
         print(

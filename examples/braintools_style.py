@@ -14,6 +14,9 @@ updates the model in place.
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +26,7 @@ from flax import nnx
 import nnx_momentum as nm
 
 BATCHES_PER_EPOCH = 10
+CTRL_C = threading.Event()  # set by Ctrl-C (see the end of this file)
 
 
 def make_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -59,6 +63,8 @@ def train(
             scheduler.step()  # once per epoch, as in braintools
         loss = float(loss_fn(model, xs[0], ys[0]))
         print(f"  epoch {epoch}: loss {loss:.4f}  lr {optimizer.current_lr:.4g}")
+        if CTRL_C.is_set():  # stop between epochs, never inside a jax call
+            raise KeyboardInterrupt
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -99,5 +105,19 @@ def main() -> None:
     print("scheduler epoch in the state:", int(optimizer.state_dict()["lr"]["last_epoch"]))
 
 
+def _ctrl_c(signum: int, frame: object) -> None:
+    if CTRL_C.is_set():  # a second Ctrl-C: at once
+        raise KeyboardInterrupt
+    CTRL_C.set()
+
+
 if __name__ == "__main__":
-    main()
+    signal.signal(signal.SIGINT, _ctrl_c)
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback
+        print(
+            "braintools_style.py: interrupted; it keeps no checkpoints: run it again",
+            file=sys.stderr,
+        )
+        sys.exit(130)

@@ -108,11 +108,25 @@ def train(
     return losses
 
 
+def open_checkpointer(directory: str) -> nm.Checkpointer:
+    """``nm.Checkpointer(directory)``; a directory it cannot use ends the run with one line."""
+    try:
+        return nm.Checkpointer(directory)
+    except (ImportError, OSError, ValueError) as e:  # gcsfs, credentials, a read-only dir
+        sys.exit(f"sharded_resume.py: {e}")
+
+
 def resume_here(args: argparse.Namespace) -> None:
     """The child process: restore the checkpoint on ``args.devices`` devices, finish the run."""
-    with nm.Checkpointer(args.ckpt_dir) as ckpt:
+    with open_checkpointer(args.ckpt_dir) as ckpt:
         losses = train(args, args.save_at, args.steps, ckpt)
     print(json.dumps(losses))
+
+
+def resume_command(args: argparse.Namespace, directory: str) -> str:
+    """The command line that resumes from the checkpoint in ``directory`` on one device."""
+    flags = f"--resume --devices 1 --steps {args.steps} --save-at {args.save_at}"
+    return f"python {sys.argv[0]} {flags} --ckpt-dir {directory}"
 
 
 def main() -> None:
@@ -121,15 +135,43 @@ def main() -> None:
     jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_num_cpu_devices", args.devices)
     if args.resume:
-        resume_here(args)
+        try:
+            resume_here(args)
+        except KeyboardInterrupt:
+            sys.exit(130)  # Ctrl-C reaches the parent too: it says what to do
         return
 
     directory = args.ckpt_dir or tempfile.mkdtemp(prefix="sharded_resume_")
+    ckpt = open_checkpointer(directory)
+    try:
+        compare(args, directory, ckpt)
+    except KeyboardInterrupt:
+        if args.save_at in ckpt.all_steps():  # ckpt is closed by now: this lists what is on disk
+            print(
+                "sharded_resume.py: interrupted; to resume from the checkpoint of step "
+                f"{args.save_at}: {resume_command(args, directory)}",
+                file=sys.stderr,
+            )
+        else:
+            if not args.ckpt_dir:
+                shutil.rmtree(directory, ignore_errors=True)
+            print(
+                f"sharded_resume.py: interrupted before the checkpoint of step {args.save_at}; "
+                "run the same command again",
+                file=sys.stderr,
+            )
+        sys.exit(130)
+    if not args.ckpt_dir:
+        shutil.rmtree(directory)
+
+
+def compare(args: argparse.Namespace, directory: str, ckpt: nm.Checkpointer) -> None:
+    """Trains straight through (checkpointing once), then resumes in new processes."""
     print(
         f"training {args.steps} steps on {jax.device_count()} devices, checkpoint at step "
         f"{args.save_at} in {directory}"
     )
-    with nm.Checkpointer(directory) as ckpt:
+    with ckpt:
         reference = train(args, 0, args.steps, ckpt)
     for step in range(0, args.steps, 10):
         print(f"  step {step:4d}  loss {reference[step]:.6f}")
@@ -149,8 +191,6 @@ def main() -> None:
         print(f"  final loss {resumed[-1]:.6f}: matches the uninterrupted run {same}")
         if diff >= 1e-4:
             sys.exit(f"the resumed run on {devices} device(s) diverged: {diff:.1e}")
-    if not args.ckpt_dir:
-        shutil.rmtree(directory)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,16 @@ the cosine schedule, which each checkpoint records, and resuming a run with
 another schedule is refused with an error that says so.
 
 ``loss.png`` (train loss; train and held-out accuracy; the LR) is written next
-to the checkpoints.
+to the checkpoints; the first line printed says where. Ctrl-C saves the step and stops, with
+one line saying from which step the same command resumes; a directory that
+cannot be used (read-only, ``gs://`` without gcsfs or credentials) is one line too.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -106,6 +110,28 @@ def flat_arrays(model: MLP, optimizer: nm.MomentumOptimizer) -> dict[str, np.nda
     return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
 
 
+class CtrlC:
+    """Ctrl-C as a flag the loop reads between steps: the run saves that step and stops.
+
+    No step or save is cut in half; a second Ctrl-C stops at once (``KeyboardInterrupt``).
+    """
+
+    def __init__(self) -> None:
+        self.pressed = False
+
+    def __enter__(self) -> CtrlC:
+        self._previous = signal.signal(signal.SIGINT, self._press)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+    def _press(self, signum: int, frame: object) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """``--help``: the module docstring as written, and every option's default."""
 
@@ -146,71 +172,104 @@ def main() -> None:
 
     history: dict[str, list[float]] = {key: [] for key in HISTORY}
     x_test_j, y_test_j = jnp.asarray(x_test), jnp.asarray(y_test)
-    with nm.Checkpointer(args.ckpt_dir, max_to_keep=3) as ckpt:
-        try:
-            start = ckpt.restore(model, optimizer) or 0  # None when there is nothing to restore
-        except ValueError as e:  # e.g. another --steps changes the schedule's length
-            p.error(
-                f"cannot resume from {args.ckpt_dir}: {e}\n"
-                "A run with another schedule (--steps, --lr) or model needs its own --ckpt-dir."
-            )
-        if start:
-            extra = ckpt.metadata(start)["extra"]
-            if extra["seed"] != args.seed:
-                p.error(f"--seed {args.seed} differs from the checkpoint's seed {extra['seed']}")
-            if sorted(extra["history"]) != sorted(HISTORY):
-                p.error(f"{args.ckpt_dir} was written by another version of this example")
-            history = extra["history"]
-            print(f"resuming from step {start} (epoch {extra['epoch']}, batch {extra['batch']})")
+    # The directory is checked here: a read-only one, gs:// without gcsfs or credentials,
+    # or an unreachable bucket is one line, not a traceback after a save interval.
+    try:
+        ckpt = nm.Checkpointer(args.ckpt_dir, max_to_keep=3)
+    except (ImportError, OSError, ValueError) as e:
+        sys.exit(f"train_digits.py: {e}")
+    print(f"checkpoints and loss.png go to {ckpt.directory}")
+    saved = 0  # the newest checkpoint, for the message on Ctrl-C
+    ctrl_c = CtrlC()
+    try:
+        with ckpt:  # leaving it (Ctrl-C too) waits for the save in flight
+            try:
+                start = ckpt.restore(model, optimizer) or 0  # None when there is nothing to restore
+                saved = start
+            except ValueError as e:  # e.g. another --steps changes the schedule's length
+                p.error(
+                    f"cannot resume from {args.ckpt_dir}: {e}\n"
+                    "A run with another schedule (--steps, --lr) or model needs its own --ckpt-dir."
+                )
+            if start:
+                extra = ckpt.metadata(start)["extra"]
+                if extra["seed"] != args.seed:
+                    p.error(
+                        f"--seed {args.seed} differs from the checkpoint's seed {extra['seed']}"
+                    )
+                if sorted(extra["history"]) != sorted(HISTORY):
+                    p.error(f"{args.ckpt_dir} was written by another version of this example")
+                history = extra["history"]
+                print(
+                    f"resuming from step {start} (epoch {extra['epoch']}, batch {extra['batch']})"
+                )
 
-        stop = max(start, min(args.steps, args.stop_after or args.steps))
-        if start == stop:  # no progress bar: there is nothing to show progress on
-            print(f"nothing to train: the checkpoint is at step {start} of {args.steps}")
-        else:
-            # Compiled once; donates the model and optimizer buffers (updated in place).
-            train_step = nm.make_train_step(loss_fn, model, optimizer, has_aux=True)
-            losses, accs = [], []
-            with tqdm(range(start, stop), initial=start, total=args.steps, desc="train") as bar:
-                for step in bar:
-                    rows = batch_rows(args.seed, step, len(x_train), args.batch_size)
-                    done = step + 1
-                    log = done % args.log_every == 0 or done == stop
-                    lr = optimizer.current_lr if log else None  # the LR this step applies
-                    loss, acc = train_step(x_train[rows], y_train[rows])
-                    optimizer.lr.step()  # per-step schedule: one scheduler "epoch" per update
-                    losses.append(loss)
-                    accs.append(acc)
-                    if lr is not None:  # read only when logging: a read waits for the device
-                        point = {
-                            "step": done,
-                            "loss": float(np.mean(losses)),
-                            "acc": float(np.mean(accs)),
-                            "test_acc": float(accuracy(model, x_test_j, y_test_j)),
-                            "lr": lr,
-                        }
-                        losses, accs = [], []
-                        for key in HISTORY:
-                            history[key].append(point[key])
-                        bar.set_postfix(
-                            loss=f"{point['loss']:.4f}",
-                            acc=f"{point['acc']:.3f}",
-                            test_acc=f"{point['test_acc']:.3f}",
-                            lr=f"{lr:.3g}",  # 2.74e-08, not 0.0000, at the end of the cosine
-                        )
-                    if done % args.save_every == 0 or done == stop:
-                        epoch, batch = divmod(done, len(x_train) // args.batch_size)  # up next
-                        extra = {
-                            "seed": args.seed,
-                            "epoch": epoch,
-                            "batch": batch,
-                            "history": {key: list(values) for key, values in history.items()},
-                        }
-                        ckpt.save(
-                            done, model, optimizer, extra=extra, metrics={"loss": float(loss)}
-                        )
+            stop = max(start, min(args.steps, args.stop_after or args.steps))
+            if start == stop:  # no progress bar: there is nothing to show progress on
+                print(f"nothing to train: the checkpoint is at step {start} of {args.steps}")
+            else:
+                # Compiled once; donates the model and optimizer buffers (updated in place).
+                train_step = nm.make_train_step(loss_fn, model, optimizer, has_aux=True)
+                losses, accs = [], []
+                steps = range(start, stop)
+                with tqdm(steps, initial=start, total=args.steps, desc="train") as bar, ctrl_c:
+                    for step in bar:
+                        rows = batch_rows(args.seed, step, len(x_train), args.batch_size)
+                        done = step + 1
+                        log = done % args.log_every == 0 or done == stop
+                        lr = optimizer.current_lr if log else None  # the LR this step applies
+                        loss, acc = train_step(x_train[rows], y_train[rows])
+                        optimizer.lr.step()  # per-step schedule: one scheduler "epoch" per update
+                        losses.append(loss)
+                        accs.append(acc)
+                        if lr is not None:  # read only when logging: a read waits for the device
+                            point = {
+                                "step": done,
+                                "loss": float(np.mean(losses)),
+                                "acc": float(np.mean(accs)),
+                                "test_acc": float(accuracy(model, x_test_j, y_test_j)),
+                                "lr": lr,
+                            }
+                            losses, accs = [], []
+                            for key in HISTORY:
+                                history[key].append(point[key])
+                            bar.set_postfix(
+                                loss=f"{point['loss']:.4f}",
+                                acc=f"{point['acc']:.3f}",
+                                test_acc=f"{point['test_acc']:.3f}",
+                                lr=f"{lr:.3g}",  # 2.74e-08, not 0.0000, at the end of the cosine
+                            )
+                        if done % args.save_every == 0 or done == stop or ctrl_c.pressed:
+                            epoch, batch = divmod(done, len(x_train) // args.batch_size)  # up next
+                            extra = {
+                                "seed": args.seed,
+                                "epoch": epoch,
+                                "batch": batch,
+                                "history": {key: list(values) for key, values in history.items()},
+                            }
+                            ckpt.save(
+                                done, model, optimizer, extra=extra, metrics={"loss": float(loss)}
+                            )
+                            saved = done
+                        if ctrl_c.pressed:  # saved just above: stop here
+                            break
+            if ctrl_c.pressed:
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        since = f"from step {saved}" if saved else "from the start (no checkpoint yet)"
+        print(
+            f"train_digits.py: interrupted; run the same command again to resume {since} "
+            f"({ckpt.directory})",
+            file=sys.stderr,
+        )
+        sys.exit(130)
 
     if history["step"]:
-        save_plot(history, str(epath.Path(args.ckpt_dir) / "loss.png"))
+        plot = epath.Path(ckpt.directory) / "loss.png"
+        try:
+            save_plot(history, str(plot))
+        except OSError as e:  # e.g. a read-only directory: the run itself is saved
+            print(f"train_digits.py: could not write the plot {plot}: {e}", file=sys.stderr)
     if args.save_params:
         np.savez(args.save_params, **flat_arrays(model, optimizer))
     if stop < args.steps:

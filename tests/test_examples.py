@@ -14,8 +14,10 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -318,3 +320,124 @@ def test_quickstart_notebook_runs_twice_and_resumes(kernel, tmp_path, monkeypatc
     assert "START_OVER: deleted" not in second, second
     assert re.findall(r"test_accuracy=\S+", second) == accuracy, second
     assert sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()) == steps
+
+
+def _stderr_lines(text: str) -> list[str]:
+    """stderr's lines, a progress bar's ``\\r`` redraws split off (they are not errors)."""
+    return [line for line in re.split(r"[\r\n]+", text) if line.strip()]
+
+
+def _one_line_error(name: str, *args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
+    """Runs the example, which must fail with exit status 1 and one line on stderr: that line."""
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args],
+        cwd=cwd,
+        env={**_env(), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr[-4000:]
+    (line,) = _stderr_lines(proc.stderr)
+    assert line.startswith(f"{name}: Checkpointer: "), line
+    return line
+
+
+@pytest.mark.parametrize("name", ["train_digits.py", "sharded_resume.py"])
+def test_an_unwritable_directory_is_one_line(name, tmp_path):
+    (tmp_path / "file").write_text("")  # stops root too: a directory cannot be made under it
+    line = _one_line_error(name, "--ckpt-dir", "file/ckpt", cwd=tmp_path)
+    assert "cannot create" in line and "pass a directory you can write" in line, line
+
+
+@pytest.mark.parametrize("name", ["train_digits.py", "sharded_resume.py"])
+def test_gs_without_gcsfs_is_one_line(name, tmp_path):
+    blocker = tmp_path / "blocked"
+    blocker.mkdir()
+    (blocker / "gcsfs.py").write_text("raise ImportError('gcsfs is blocked by the test')\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(blocker), _env()["PYTHONPATH"]])}
+    line = _one_line_error(name, "--ckpt-dir", "gs://bucket/run", cwd=tmp_path, env=env)
+    assert line.endswith("needs gcsfs to write gs:// (pip install gcsfs)."), line
+
+
+def test_train_digits_says_where_it_writes_and_an_unwritable_plot_is_one_line(tmp_path):
+    args = ("--steps", "30", "--ckpt-dir", "run")
+    first = run_example_full("train_digits.py", *args, cwd=tmp_path)
+    assert first.stdout.splitlines()[0] == f"checkpoints and loss.png go to {tmp_path / 'run'}"
+    (tmp_path / "run" / "loss.png").unlink()
+    (tmp_path / "run" / "loss.png").mkdir()  # the plot cannot be written (as root too)
+    again = run_example_full("train_digits.py", *args, cwd=tmp_path)
+    assert again.stdout.splitlines()[-1] == first.stdout.splitlines()[-1]  # test_accuracy=
+    (line,) = _stderr_lines(again.stderr)
+    assert line.startswith(f"train_digits.py: could not write the plot {tmp_path}/run/loss.png:")
+
+
+def _interrupt(name: str, *args: str, cwd: Path, ready) -> subprocess.CompletedProcess[str]:
+    """Starts the example, sends SIGINT (Ctrl-C) once ``ready(stdout so far)`` holds.
+
+    Its output goes to files (a progress bar could fill a pipe nobody reads meanwhile).
+    """
+    out_file, err_file = cwd / "stdout.txt", cwd / "stderr.txt"
+    with out_file.open("w") as out, err_file.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, str(EXAMPLES / name), *args],
+            cwd=cwd,
+            env={**_env(), "PYTHONUNBUFFERED": "1"},
+            stdout=out,
+            stderr=err,
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while not ready(out_file.read_text()):
+                assert proc.poll() is None, f"{name} ended first:\n{out_file.read_text()}"
+                assert time.monotonic() < deadline, f"{name} never got ready"
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=120)
+        finally:
+            proc.kill()
+            proc.wait()
+    return subprocess.CompletedProcess(
+        proc.args, proc.returncode, out_file.read_text(), err_file.read_text()
+    )
+
+
+def test_ctrl_c_says_how_to_resume_train_digits(tmp_path):
+    args = ("--steps", "100000", "--save-every", "20", "--ckpt-dir", "run")
+    done = _interrupt(
+        "train_digits.py", *args, cwd=tmp_path, ready=lambda _: (tmp_path / "run" / "40").is_dir()
+    )
+    assert done.returncode == 130, done.stderr[-4000:]
+    assert "Traceback" not in done.stderr, done.stderr
+    last = _stderr_lines(done.stderr)[-1]
+    match = re.fullmatch(
+        r"train_digits\.py: interrupted; run the same command again to resume from step "
+        rf"(\d+) \({re.escape(str(tmp_path / 'run'))}\)",
+        last,
+    )
+    assert match, last
+    step = int(match.group(1))
+    again = run_example("train_digits.py", *args, "--stop-after", str(step + 1), cwd=tmp_path)
+    assert f"resuming from step {step} " in again, again
+
+
+def test_ctrl_c_ends_braintools_style_with_one_line(tmp_path):
+    done = _interrupt(
+        "braintools_style.py", "--epochs", "100000", cwd=tmp_path, ready=lambda s: "epoch 1" in s
+    )
+    assert done.returncode == 130, done.stderr[-4000:]
+    assert _stderr_lines(done.stderr) == [
+        "braintools_style.py: interrupted; it keeps no checkpoints: run it again"
+    ]
+
+
+def test_ctrl_c_says_how_to_resume_sharded_resume(tmp_path):
+    args = ("--steps", "40", "--save-at", "20", "--resume-on", "1", "--ckpt-dir", "run")
+    done = _interrupt("sharded_resume.py", *args, cwd=tmp_path, ready=lambda s: "final loss" in s)
+    assert done.returncode == 130, done.stderr[-4000:]
+    (line,) = _stderr_lines(done.stderr)
+    prefix = "sharded_resume.py: interrupted; to resume from the checkpoint of step 20: python "
+    assert line.startswith(prefix), line
+    command = shlex.split(line.removeprefix(prefix))
+    proc = run_example_full("sharded_resume.py", *command[1:], cwd=tmp_path)
+    assert len(json.loads(proc.stdout.splitlines()[-1])) == 20  # steps 20..39, resumed

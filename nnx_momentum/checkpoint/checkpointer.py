@@ -74,8 +74,17 @@ class Checkpointer:
 
     Raises:
       ValueError: ``directory`` is a regular file, another program's directory,
-        or a URL of a scheme orbax cannot write (``s3://``; nothing is created).
-      FileNotFoundError: ``directory`` does not exist and ``create=False``.
+        or a URL of a scheme orbax cannot write (``s3://``; nothing is created);
+        or its steps were kept by another ``best_n`` ranking, which these
+        options would delete.
+      FileNotFoundError: ``directory`` does not exist and ``create=False``, or
+        its bucket does not exist.
+      PermissionError: ``directory`` cannot be created or written (read-only),
+        or the bucket refuses the credentials (or there are none).
+      ImportError: a ``gs://`` directory without gcsfs installed.
+      TimeoutError: the bucket did not answer within
+        :data:`~nnx_momentum.checkpoint.location.GCS_CHECK_TIMEOUT_S` seconds.
+      ConnectionError: the bucket cannot be reached.
 
     Example:
       >>> import tempfile

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+import jax
 import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as ocp_managers
@@ -25,7 +27,10 @@ from orbax.checkpoint import options as ocp_options
 
 from nnx_momentum.checkpoint import location
 
-__all__ = ["CheckpointOptions", "manager_options"]
+__all__ = ["RANKING_FILE", "CheckpointOptions", "manager_options"]
+
+RANKING_FILE = "_nnx_momentum_ranking.json"
+"""The file in a checkpoint root recording the ranking that ``best_n`` kept its steps by."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +127,13 @@ class CheckpointOptions:
         ``max_to_keep`` (at least the newest one). Steps whose metrics are
         unknown are kept.
 
+        With a ``root``, the ranking (``best_metric``, ``best_mode``) is
+        recorded in the root's :data:`RANKING_FILE` when ``best_n`` is set, and
+        a ranking recorded by an earlier run is checked first: options that
+        rank otherwise, or that drop ``best_n`` but keep ``max_to_keep``, would
+        delete that run's best steps, so they are refused before anything is
+        deleted.
+
         Args:
           root: the checkpoint root; with it, a step that has no orbax
             ``metrics`` item is ranked by the metrics of its JSON item
@@ -131,6 +143,11 @@ class CheckpointOptions:
           ``None`` (keep every step), an orbax ``LatestN``, or an
           ``AnyPreservationPolicy`` of a ``LatestN`` and a ``BestN``.
 
+        Raises:
+          ValueError: ``root`` holds steps kept by another ranking, which
+            these options would delete; the message names both rankings and
+            the record file (delete it to re-rank anyway).
+
         Example:
           >>> import nnx_momentum as nm
           >>> print(nm.CheckpointOptions().preservation_policy())
@@ -138,6 +155,8 @@ class CheckpointOptions:
           >>> type(nm.CheckpointOptions(max_to_keep=2).preservation_policy()).__name__
           'LatestN'
         """
+        if root is not None:
+            _keep_ranking(self, root)
         if self.best_n is None:
             return None if self.max_to_keep is None else ocp_managers.LatestN(n=self.max_to_keep)
         best: Any = ocp_managers.BestN(
@@ -153,23 +172,31 @@ class CheckpointOptions:
         return ocp_managers.AnyPreservationPolicy(policies=[latest, best])
 
     def rank(self, metrics: Any) -> float:
-        """The number ``best_n`` ranks a step by: ``metrics[best_metric]`` (``inf`` if absent).
+        """The number ``best_n`` ranks a step by: ``metrics[best_metric]``, worst if unusable.
+
+        A missing, non-numeric or non-finite (NaN, infinite) metric ranks worst
+        for either ``best_mode``: it never makes a step one of the best (a run
+        without ``best_n`` may have recorded a NaN loss).
 
         Args:
           metrics: a step's metrics dict.
 
         Returns:
-          The metric as a float; a missing one ranks worst for either ``best_mode``.
+          The metric as a finite float, or the worst value (``inf`` for
+          ``'min'``, ``-inf`` for ``'max'``).
 
         Example:
           >>> import nnx_momentum as nm
-          >>> nm.CheckpointOptions(best_n=1, best_metric="loss").rank({"loss": 0.5})
-          0.5
+          >>> options = nm.CheckpointOptions(best_n=1, best_metric="loss")
+          >>> options.rank({"loss": 0.5}), options.rank({"loss": float("nan")})
+          (0.5, inf)
         """
+        worst = float("inf") if self.best_mode == "min" else float("-inf")
         try:
-            return float(metrics[self.best_metric])
+            value = float(metrics[self.best_metric])
         except (KeyError, TypeError, ValueError):
-            return float("inf") if self.best_mode == "min" else float("-inf")
+            return worst
+        return value if math.isfinite(value) else worst
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,6 +229,46 @@ class _RankedByJsonItem:
         for step in [s for s in self._cache if s not in live]:
             del self._cache[step]  # bounded by the steps on disk
         return self.policy.should_preserve(filled, context=context)
+
+
+def _keep_ranking(options: CheckpointOptions, root: epath.Path) -> None:
+    """Refuses options that would delete steps kept by another ranking; records this one."""
+    record = root / RANKING_FILE
+    try:
+        saved = json.loads(record.read_text())
+    except (OSError, ValueError):  # none yet (or unreadable): nothing to protect
+        saved = None
+    saved = saved if isinstance(saved, dict) else None
+    mine = {"best_metric": options.best_metric, "best_mode": options.best_mode}
+    if options.best_n is None:
+        deletes = options.max_to_keep is not None
+        if saved and deletes and _has_steps(root):
+            raise ValueError(
+                f"Checkpointer: the steps in {str(root)!r} were kept as the best by "
+                f"best_metric={saved.get('best_metric')!r}, best_mode={saved.get('best_mode')!r}; "
+                f"best_n=None with max_to_keep={options.max_to_keep} would delete them. Pass "
+                f"the same best_n/best_metric/best_mode, or a new directory; to re-rank anyway, "
+                f"delete {str(record)!r}."
+            )
+        return
+    if saved == mine:
+        return
+    if saved and _has_steps(root):
+        raise ValueError(
+            f"Checkpointer: the steps in {str(root)!r} were kept as the best by "
+            f"best_metric={saved.get('best_metric')!r}, best_mode={saved.get('best_mode')!r}; "
+            f"best_metric={options.best_metric!r}, best_mode={options.best_mode!r} would delete "
+            "them. Pass the same best_metric and best_mode, or a new directory; to re-rank "
+            f"anyway, delete {str(record)!r}."
+        )
+    if jax.process_index() == 0:  # one writer on a shared root
+        record.write_text(json.dumps(mine))
+
+
+def _has_steps(root: epath.Path) -> bool:
+    return root.exists() and any(
+        location.committed(root, int(p.name)) for p in root.iterdir() if p.name.isdigit()
+    )
 
 
 def manager_options(

@@ -24,6 +24,10 @@ Modes (each process prints ``OK <mode> process <i>`` and exits 0 on success):
       new processes, fresh objects (another seed): ``tier_of()`` must be TIER, and
       ``restore`` must return STEP with exactly EXPECTED.<STEP>.npz's values and
       the live shardings unchanged.
+  single DIR EXPECTED STEP
+      one ordinary process, 1 device: ``nm.Checkpointer(DIR)`` on one process's
+      local tier restores STEP with exactly EXPECTED.<STEP>.npz's values (each
+      array was saved whole).
 """
 
 from __future__ import annotations
@@ -33,12 +37,28 @@ import sys
 
 if __name__ == "__main__":
     os.environ["JAX_PLATFORMS"] = "cpu"
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    _devices = 1 if sys.argv[1:2] == ["single"] else 4
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={_devices}"
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
 STEPS = 3
+
+
+def single(directory: str, expected: str, step: str) -> None:
+    import jax  # noqa: PLC0415
+    import multiprocess_worker as mw  # noqa: PLC0415
+
+    mw._imports()
+    assert jax.process_count() == 1 and len(jax.devices()) == 1, jax.devices()
+    wanted = dict(np.load(f"{expected}.{step}.npz"))
+    with jax.set_mesh(mw.common.make_mesh()):
+        model, opt = mw._build(seed=5)
+        with mw.Checkpointer(directory) as ckpt:
+            assert ckpt.restore(model, opt) == int(step), ckpt.all_steps()
+        mw._assert_equal(mw._gathered(model, opt), wanted, f"{directory} on 1 device")
+    print("OK single", flush=True)
 
 
 def main(mode: str, local: str, persistent: str, expected: str, port: str, pid: str, *rest: str):
@@ -96,4 +116,7 @@ def main(mode: str, local: str, persistent: str, expected: str, port: str, pid: 
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    if sys.argv[1] == "single":
+        single(*sys.argv[2:])
+    else:
+        main(*sys.argv[1:])

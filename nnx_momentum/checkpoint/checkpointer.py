@@ -43,7 +43,11 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from nnx_momentum.checkpoint import items, lifecycle, location, metadata, resume, targets
-from nnx_momentum.checkpoint.options import CheckpointOptions, manager_options
+from nnx_momentum.checkpoint.options import (
+    CheckpointOptions,
+    manager_options,
+    process_local_options,
+)
 
 __all__ = ["Checkpointer"]
 
@@ -138,12 +142,17 @@ class Checkpointer:
         return self._current
 
     def _new_manager(self) -> ocp.CheckpointManager:
+        local = process_local_options(self.options)
+        if local is not None and self.options.create:
+            self._root.mkdir(parents=True, exist_ok=True)  # orbax leaves it to us there
         return ocp.CheckpointManager(
             self._root,
             options=manager_options(self.options, self._root),
             item_handlers={
-                **{item: items.array_handler() for item in items.ARRAY_ITEMS},
-                "meta": ocp.JsonCheckpointHandler(),
+                **{item: items.array_handler(local) for item in items.ARRAY_ITEMS},
+                "meta": ocp.JsonCheckpointHandler()
+                if local is None
+                else ocp.JsonCheckpointHandler(multiprocessing_options=local),
             },
         )
 
@@ -363,6 +372,8 @@ class Checkpointer:
             item: {k: targets.host_value(v.get_value()) for k, v in variables.items()}
             for item, variables in live.items()
         }
+        if process_local_options(self.options) is not None:  # whole arrays, this process's
+            values = {item: targets.whole_values(flat) for item, flat in values.items()}
         meta = metadata.meta_item(
             step,
             model,
@@ -671,7 +682,9 @@ class Checkpointer:
                     except Exception:  # noqa: BLE001 - the failure is what we report
                         pass
             removed: list[str] = []
-            if jax.process_index() == 0:  # one process deletes
+            local = process_local_options(self.options)
+            primary = 0 if local is None else local.primary_host
+            if jax.process_index() == primary:  # one process deletes
                 try:
                     removed = location.remove_uncommitted(self._root, step)
                 except OSError:

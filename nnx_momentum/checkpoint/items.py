@@ -48,11 +48,20 @@ ARRAY_ITEMS = ("model", "optimizer")
 """The array items of a step, in the order they are read and written back."""
 
 
-def array_handler() -> ocp.PyTreeCheckpointHandler:
+def array_handler(
+    multiprocessing: ocp.options.MultiprocessingOptions | None = None,
+) -> ocp.PyTreeCheckpointHandler:
     """The orbax handler of the array items: OCDBT, zarr3, no compression.
 
     Restoring, it reads the format each item records (``use_zarr3``,
     ``use_ocdbt``), so it also reads items written with orbax's defaults.
+
+    Args:
+      multiprocessing: a process-local checkpoint's multiprocessing options
+        (:func:`~nnx_momentum.checkpoint.options.process_local_options`): then
+        this process writes every shard of its arrays itself (orbax's own
+        recipe for local storage: an ``ArrayHandler`` with no primary host
+        and no replica selection). ``None``: orbax's defaults.
 
     Returns:
       A new ``orbax.checkpoint.PyTreeCheckpointHandler``.
@@ -68,7 +77,22 @@ def array_handler() -> ocp.PyTreeCheckpointHandler:
       ...     ocp.StandardCheckpointer().restore(f"{d}/x")["w"]  # plain orbax reads it
       array([1., 1., 1.], dtype=float32)
     """
-    return ocp.PyTreeCheckpointHandler(use_zarr3=True, use_compression=False)
+    if multiprocessing is None:
+        return ocp.PyTreeCheckpointHandler(use_zarr3=True, use_compression=False)
+    registry = ocp.type_handlers.create_type_handler_registry(
+        (
+            jax.Array,
+            ocp.type_handlers.ArrayHandler(
+                primary_host=None, replica_id=None, use_replica_parallel=False
+            ),
+        ),
+    )
+    return ocp.PyTreeCheckpointHandler(
+        use_zarr3=True,
+        use_compression=False,
+        multiprocessing_options=multiprocessing,
+        type_handler_registry=registry,
+    )
 
 
 def save_args(tree: Any) -> ocp.args.PyTreeSave:

@@ -27,7 +27,7 @@ from orbax.checkpoint import options as ocp_options
 
 from nnx_momentum.checkpoint import location
 
-__all__ = ["RANKING_FILE", "CheckpointOptions", "manager_options"]
+__all__ = ["RANKING_FILE", "CheckpointOptions", "manager_options", "process_local_options"]
 
 RANKING_FILE = "_nnx_momentum_ranking.json"
 """The file in a checkpoint root recording the ranking that ``best_n`` kept its steps by."""
@@ -61,6 +61,15 @@ class CheckpointOptions:
         call raises ``RuntimeError``, and at interpreter exit the process ends
         with status 1 instead of hanging. Raise it for checkpoints that take
         longer to write.
+      process_local: on a multi-process job (``jax.distributed``), each
+        process writes its own complete checkpoint into ``directory`` -- a
+        path of its own, e.g. a local disk -- and reads it back alone: orbax's
+        manager runs over this process only, and every array is saved whole
+        (gathered from all processes, ``multihost_utils.process_allgather``),
+        so any topology can restore it. ``save``, whose gather is a
+        collective, is still called by every process at the same steps;
+        ``restore`` is not a collective. Single-process: no effect.
+        :class:`~nnx_momentum.TieredCheckpointer` sets it for its local tier.
 
     Raises:
       ValueError: naming the field, when ``max_to_keep``, ``best_n`` or
@@ -87,6 +96,7 @@ class CheckpointOptions:
     create: bool = True
     check_hyperparams: bool = True
     save_timeout_secs: float = 300.0
+    process_local: bool = False
 
     def __post_init__(self) -> None:
         timeout = self.save_timeout_secs
@@ -271,6 +281,35 @@ def _has_steps(root: epath.Path) -> bool:
     )
 
 
+def process_local_options(options: CheckpointOptions) -> ocp_options.MultiprocessingOptions | None:
+    """orbax's multiprocessing options of a process-local checkpoint, or ``None``.
+
+    ``None`` (orbax's defaults: one checkpoint written by all processes) unless
+    ``options.process_local`` is set on a multi-process job; then a manager
+    over this process alone (``active_processes``), which is its primary host
+    and has barriers of its own (``barrier_sync_key_prefix``).
+
+    Args:
+      options: the checkpointer's options.
+
+    Returns:
+      An ``orbax.checkpoint.options.MultiprocessingOptions``, or ``None``.
+
+    Example:
+      >>> from nnx_momentum.checkpoint.options import CheckpointOptions, process_local_options
+      >>> print(process_local_options(CheckpointOptions(process_local=True)))  # one process
+      None
+    """
+    if not options.process_local or jax.process_count() == 1:
+        return None
+    index = jax.process_index()
+    return ocp_options.MultiprocessingOptions(
+        primary_host=index,
+        active_processes={index},
+        barrier_sync_key_prefix=f"nnx_momentum_process_{index}",
+    )
+
+
 def manager_options(
     options: CheckpointOptions, root: epath.Path | None = None
 ) -> ocp.CheckpointManagerOptions:
@@ -296,7 +335,10 @@ def manager_options(
       >>> manager_options(CheckpointOptions(async_save=False)).enable_async_checkpointing
       False
     """
+    local = process_local_options(options)
+    extra = {} if local is None else {"multiprocessing_options": local}
     return ocp.CheckpointManagerOptions(
+        **extra,
         save_decision_policy=ocp_managers.AnySavePolicy(
             [
                 ocp_managers.FixedIntervalPolicy(options.save_interval_steps),
@@ -308,9 +350,14 @@ def manager_options(
         # the preservation policy above decides what is kept.
         best_fn=options.rank if options.best_metric else None,
         best_mode=options.best_mode,
-        create=options.create,
+        create=options.create and local is None,  # a process-local root: the Checkpointer
         enable_async_checkpointing=options.async_save,
         # orbax's own wait for the written files gives up too (the Checkpointer bounds the rest)
-        async_options=ocp.AsyncOptions(timeout_secs=math.ceil(options.save_timeout_secs)),
+        async_options=ocp.AsyncOptions(
+            timeout_secs=math.ceil(options.save_timeout_secs),
+            # A process-local save creates its folders itself: orbax's asynchronous creation
+            # signals other processes under keys shared by the job, not by this manager.
+            create_directories_asynchronously=local is None,
+        ),
         atomicity_options=ocp_options.AtomicityOptions(mode=ocp_options.AtomicityMode.COMMIT_FILE),
     )

@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from nnx_momentum import tree
 
@@ -33,6 +34,7 @@ __all__ = [
     "optimizer_state",
     "target",
     "validated_targets",
+    "whole_values",
     "write_back",
 ]
 
@@ -202,6 +204,43 @@ def host_value(value: Any) -> Any:
     if isinstance(value, jax.Array):
         return value
     return np.asarray(value, jax.dtypes.canonicalize_dtype(np.asarray(value).dtype))
+
+
+def whole_values(flat: Mapping[str, Any]) -> dict[str, jax.Array]:
+    """Each array whole on every process: what a process-local save writes.
+
+    An array spread over several processes is gathered from all of them
+    (``multihost_utils.process_allgather``: a collective, so every process
+    calls this with the same paths in the same order), then laid out
+    replicated over one device per process: each process so holds (and, with
+    orbax's ``ArrayHandler(replica_id=None)``, writes) the whole value, and
+    its checkpoint restores onto any devices. (orbax writes neither a
+    host-local array nor, but on process 0, a NumPy one on a multi-process job.)
+
+    Args:
+      flat: ``{path: value}`` as :func:`host_value` gives them.
+
+    Returns:
+      ``{path: jax.Array}``, each replicated over the first device of every process.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from nnx_momentum.checkpoint.targets import whole_values
+      >>> w = whole_values({"w": jnp.arange(3)})["w"]
+      >>> w.tolist(), w.sharding.is_fully_replicated
+      ([0, 1, 2], True)
+    """
+    devices = [jax.local_devices(process_index=i)[0] for i in range(jax.process_count())]
+    mesh = jax.sharding.Mesh(np.array(devices), ("process",))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    out: dict[str, jax.Array] = {}
+    for key, value in flat.items():
+        if isinstance(value, jax.Array) and not value.is_fully_addressable:
+            whole = np.asarray(multihost_utils.process_allgather(value, tiled=True))
+        else:
+            whole = np.asarray(value)
+        out[key] = jax.make_array_from_callback(whole.shape, replicated, whole.__getitem__)
+    return out
 
 
 def target(value: Any, where: str) -> jax.ShapeDtypeStruct:

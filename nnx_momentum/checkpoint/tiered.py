@@ -15,11 +15,14 @@ tier empty or gone) from the persistent one.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 from nnx_momentum.checkpoint.checkpointer import Checkpointer
 from nnx_momentum.checkpoint.options import CheckpointOptions
@@ -47,20 +50,27 @@ class TieredCheckpointer:
     newest persistent step. A SIGTERM with :meth:`save_on_sigterm` saves the
     step it arrives at to the persistent tier, then exits.
 
-    Multi-host: not supported. A multi-process job (``jax.process_count() >
-    1``) is refused at construction: orbax commits a step once, from the
-    primary process, so a per-host local directory would never be committed on
-    the other hosts. Use a :class:`~nnx_momentum.Checkpointer` on the shared
-    persistent directory there.
+    Multi-host (a job joined by ``jax.distributed``): each process writes its
+    own local tier, into ``local_dir/process_<i>`` (``i`` =
+    ``jax.process_index()``; a per-host disk or a shared one alike), each
+    array saved whole (:attr:`CheckpointOptions.process_local`, set here);
+    the persistent tier stays one orbax checkpoint written by all processes.
+    Every process calls ``save`` at the same steps, and ``restore``,
+    ``metadata``, ``all_steps``, ``latest_step`` and ``tier_of`` together:
+    they agree on the steps through a collective. A local step counts only
+    when *every* process holds it, so all restore the same step; one process
+    on a new VM (its local tier gone) makes all read the persistent tier.
 
     Args:
-      local_dir: the local tier's root (a local path; a URL works too).
+      local_dir: the local tier's root (a local path; a URL works too); on a
+        multi-process job, each process's tier is its ``process_<i>`` folder.
       persistent_dir: the persistent tier's root: a ``gs://`` URL, a mounted
         Drive folder, or another path. Not the same as ``local_dir``, and
         neither inside the other.
       local_options: the local tier's :class:`~nnx_momentum.CheckpointOptions`;
         default ``CheckpointOptions(max_to_keep=2)`` (every step it is called
-        with, the last two kept).
+        with, the last two kept). Its ``process_local`` is set on a
+        multi-process job.
       persistent_options: the persistent tier's options; default
         ``CheckpointOptions()`` (every step, all kept) -- set its
         ``save_interval_steps`` to a multiple of the local one.
@@ -73,7 +83,6 @@ class TieredCheckpointer:
       ValueError: the two directories are the same or nested (both named), or
         either is refused by :class:`~nnx_momentum.Checkpointer`.
       TypeError: an options argument is not a ``CheckpointOptions``.
-      RuntimeError: a multi-process job.
 
     Example:
       >>> import tempfile
@@ -114,15 +123,12 @@ class TieredCheckpointer:
                     f"TieredCheckpointer: {name} must be a CheckpointOptions or None, got "
                     f"{type(value).__name__}."
                 )
-        if jax.process_count() > 1:
-            raise RuntimeError(
-                f"TieredCheckpointer: a multi-process job ({jax.process_count()} processes) is "
-                "not supported: orbax commits a step from the primary process only, so per-host "
-                "local tiers would never be committed on the other hosts. Use nm.Checkpointer "
-                "on the shared persistent directory."
-            )
         _check_apart(local_dir, persistent_dir)
-        self.local = Checkpointer(local_dir, local_options or CheckpointOptions(max_to_keep=2))
+        local_options = local_options or CheckpointOptions(max_to_keep=2)
+        if jax.process_count() > 1:
+            local_dir = os.path.join(os.fspath(local_dir), f"process_{jax.process_index()}")
+            local_options = dataclasses.replace(local_options, process_local=True)
+        self.local = Checkpointer(local_dir, local_options)
         try:
             self.persistent = Checkpointer(persistent_dir, persistent_options)
         except BaseException:
@@ -191,7 +197,22 @@ class TieredCheckpointer:
           ...     ckpt.all_steps()
           []
         """
-        return sorted(set(self.local.all_steps()) | set(self.persistent.all_steps()))
+        return sorted(set(self._local_steps()) | set(self.persistent.all_steps()))
+
+    def _local_steps(self) -> list[int]:
+        """The local tier's steps; on a multi-process job, those every process holds."""
+        steps = self.local.all_steps()
+        if jax.process_count() == 1:
+            return steps
+        # A collective: how many steps each process holds, then all of them (padded).
+        longest = int(np.max(multihost_utils.process_allgather(np.int32(len(steps)))))
+        mine = np.full(max(longest, 1), -1, np.int32)
+        mine[: len(steps)] = steps
+        held = multihost_utils.process_allgather(mine)
+        common = set(held[0].tolist())
+        for row in held[1:]:
+            common &= set(row.tolist())
+        return sorted(step for step in common if step >= 0)
 
     def latest_step(self) -> int | None:
         """The newest step of either tier, or ``None`` when neither holds one.
@@ -229,7 +250,10 @@ class TieredCheckpointer:
           None
         """
         _each(self.tiers, lambda tier: tier.wait_until_finished())
-        held = {name: tier.all_steps() for name, tier in self.tiers.items()}
+        held: dict[Tier, list[int]] = {
+            "local": self._local_steps(),
+            "persistent": self.persistent.all_steps(),
+        }
         if step is None:
             newest = {name: steps[-1] for name, steps in held.items() if steps}
             if not newest:

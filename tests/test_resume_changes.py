@@ -284,3 +284,97 @@ def test_same_objects_log_nothing(tmp_path, caplog):
 def test_resume_changes_validates_schedule():
     with pytest.raises(ValueError, match="schedule must be None, 'from_step' or 'from_lr'"):
         nm.ResumeChanges(schedule="continue")  # type: ignore[arg-type]
+
+
+def test_remove_a_parameter_group(tmp_path, caplog):
+    """Fewer groups: the dropped group's state is read and left behind, its velocity kept."""
+    model = Net(0)
+    group = nm.ParamGroup(nnx.PathContains("fc2"), momentum=0.5)
+    saved_opt = nm.MomentumOptimizer(model, lr=0.1, groups=[group])
+    _train(model, saved_opt, 5)
+    with nm.Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(5, model, saved_opt)
+    live = Net(1)
+    opt = nm.MomentumOptimizer(live, lr=0.1)
+    _refused_then_resumed(
+        tmp_path,
+        live,
+        opt,
+        nm.ResumeChanges(groups=True, hyperparams=True),
+        ["groups         parameter groups: 2 -> 1", "velocity/fc2/kernel: group 1 -> group 0"],
+        caplog,
+    )
+    v_saved, v_live = _velocity(saved_opt), _velocity(opt)
+    for key in v_saved:
+        np.testing.assert_array_equal(v_live[key], v_saved[key])
+    assert opt.step_count == 5
+
+
+def test_replace_a_scheduler_that_has_extra_state(tmp_path, caplog):
+    """The old scheduler's own state (T_cur, T_i) is read and dropped, not a read error."""
+    model = Net(0)
+    saved_opt = nm.MomentumOptimizer(model, lr=nm.CosineAnnealingWarmRestarts(0.1, T_0=3))
+    _train(model, saved_opt, 5)
+    for _ in range(4):
+        saved_opt.lr.step()
+    with nm.Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(5, model, saved_opt)
+    live = Net(1)
+    opt = nm.MomentumOptimizer(live, lr=nm.CosineAnnealingLR(0.1, T_max=10))
+    _refused_then_resumed(
+        tmp_path, live, opt, nm.ResumeChanges(schedule="from_step"), ["CosineAnnealingLR("], caplog
+    )
+    assert int(opt.lr.last_epoch[...]) == 4
+    assert opt.current_lr == pytest.approx(float(opt.lr.lr_at(4)), rel=1e-6)
+
+
+def test_add_a_group_into_abstract_objects(tmp_path, caplog):
+    """nnx.eval_shape objects: the new group's count and LR come from group 0, concrete."""
+    _saved_run(tmp_path, weight_decay=1e-4)
+
+    def build(lr):
+        m = Net(1)
+        group = nm.ParamGroup(nnx.PathContains("fc2"), weight_decay=0.0)
+        return m, nm.MomentumOptimizer(m, lr=lr, weight_decay=1e-4, groups=[group])
+
+    # A new scheduler has no state to take from an abstract object: refused, named.
+    model, opt = nnx.eval_shape(lambda: build([0.1, 0.1]))
+    changes = nm.ResumeChanges(groups=True, schedule="from_step")
+    with (
+        nm.Checkpointer(tmp_path) as ckpt,
+        pytest.raises(ValueError, match=r"optimizer lr/last_epoch: \(absent\) -> abstract"),
+    ):
+        ckpt.restore(model, opt, changes=changes)
+    # One scheduler driving both groups: the groups alone change.
+    model, opt = nnx.eval_shape(lambda: build(0.1))
+    changes = nm.ResumeChanges(groups=True)
+    with nm.Checkpointer(tmp_path) as ckpt, caplog.at_level(logging.WARNING, "nnx_momentum"):
+        assert ckpt.restore(model, opt, changes=changes) == 5
+    roles = layout.live_roles(opt.state_tree())
+    assert int(roles["count/1"].get_value()) == 5
+    assert isinstance(roles["learning_rate/1"].get_value(), jax.Array)
+    _train(model, opt, 1, start=5)  # concrete and trainable
+    assert opt.step_count == 6
+
+
+def test_changes_must_be_resume_changes(tmp_path):
+    _saved_run(tmp_path)
+    model = Net(1)
+    opt = nm.MomentumOptimizer(model, lr=0.1)
+    with nm.Checkpointer(tmp_path) as ckpt:
+        for wrong in ({"hyperparams": True}, True, "hyperparams"):
+            with pytest.raises(TypeError, match="changes must be an nm.ResumeChanges"):
+                ckpt.restore(model, opt, changes=wrong)  # type: ignore[arg-type]
+
+
+def test_a_refused_from_lr_logs_nothing(tmp_path, caplog):
+    _cosine_run_at_epoch(tmp_path, 6)
+    model = Net(1)
+    opt = nm.MomentumOptimizer(model, lr=nm.WarmupScheduler(0.1, warmup_epochs=3))
+    with (
+        nm.Checkpointer(tmp_path) as ckpt,
+        caplog.at_level(logging.INFO, "nnx_momentum"),
+        pytest.raises(ValueError, match="does not start at"),
+    ):
+        ckpt.restore(model, opt, changes=nm.ResumeChanges(schedule="from_lr"))
+    assert not caplog.records

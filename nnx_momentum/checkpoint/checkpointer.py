@@ -458,6 +458,7 @@ class Checkpointer:
             scheduler, groups, paths, shapes, dtypes), or an
             array file cannot be read (the message names the step and item).
             The live objects are unchanged.
+          TypeError: ``changes`` is not a :class:`~nnx_momentum.ResumeChanges`.
           RuntimeError: the pending asynchronous save failed.
 
         Example:
@@ -476,6 +477,12 @@ class Checkpointer:
           >>> bool((abstract.kernel[...] == model.kernel[...]).all())
           True
         """
+        if changes is not None and not isinstance(changes, resume.ResumeChanges):
+            raise TypeError(
+                f"Checkpointer.restore: changes must be an nm.ResumeChanges or None, got "
+                f"{type(changes).__name__} ({changes!r}), e.g. "
+                "changes=nm.ResumeChanges(hyperparams=True)."
+            )
         step = self._committed_step(step, "restore")
         if step is None:
             return None
@@ -504,7 +511,8 @@ class Checkpointer:
         move = None
         if plan.schedule is not None and optimizer is not None:
             move = resume.schedule_mover(optimizer.lr, plan.schedule, read["optimizer"])
-        # ... and only then write into the live Variables.
+        # ... and only then (everything checked) show the changes and write them.
+        plan.log()
         plan.write(live, read)
         if move is not None:
             move()

@@ -175,8 +175,17 @@ class Plan:
     # item -> {live path: checkpoint path}
     sources: dict[str, dict[str, str]]
     casts: set[str]  # live optimizer paths cast to the live dtype
-    group_counts: dict[str, str]  # live path of a new group's count -> checkpoint path
+    copies: dict[str, str]  # a new group's count/LR (live path) -> group 0's (checkpoint path)
     schedule: Schedule | None  # None: the scheduler state is loaded as saved
+
+    def log(self) -> None:
+        """Shows an allowed diff: WARNING, or INFO when only the shardings differ."""
+        if any(d.kind != "sharding" for d in self.diff.differences):
+            logger.warning(
+                "Checkpointer.restore: resuming with changes, as allowed:\n%s", self.diff
+            )
+        elif self.diff:
+            logger.info("Checkpointer.restore: onto other shardings:\n%s", self.diff)
 
     def write(
         self, live: Mapping[str, Mapping[str, nnx.Variable]], read: Mapping[str, Mapping[str, Any]]
@@ -192,9 +201,9 @@ class Plan:
             targets.write_back(live[item], values)
         if "optimizer" in live:
             opt = live["optimizer"]
-            for live_key, saved_key in self.group_counts.items():
-                count = read["optimizer"][saved_key]
-                opt[live_key].set_value(count.astype(opt[live_key].get_value().dtype))
+            for live_key, saved_key in self.copies.items():
+                value = read["optimizer"][saved_key]
+                opt[live_key].set_value(value.astype(opt[live_key].get_value().dtype))
 
 
 def _target(var: nnx.Variable, dtype: Any, where: str) -> jax.ShapeDtypeStruct:
@@ -259,8 +268,8 @@ def plan(
         ``CheckpointOptions`` field; ``False`` loads the scheduler state as saved).
 
     Returns:
-      The :class:`Plan`: the diff (already logged when not empty), the targets
-      to read by the checkpoint's paths, and how to write them back.
+      The :class:`Plan`: the diff (:meth:`Plan.log` shows it), the targets to
+      read by the checkpoint's paths, and how to write them back.
 
     Raises:
       ValueError: a difference ``changes`` does not allow; the message lists the
@@ -276,7 +285,7 @@ def plan(
     wanted: dict[str, dict[str, jax.ShapeDtypeStruct]] = {}
     sources: dict[str, dict[str, str]] = {}
     casts: set[str] = set()
-    group_counts: dict[str, str] = {}
+    copies: dict[str, str] = {}
 
     # -- the model: by path -------------------------------------------------------
     model_live, model_saved = live["model"], saved["model"]
@@ -303,12 +312,29 @@ def plan(
     if "optimizer" in live:
         opt_live, opt_saved = live["optimizer"], saved["optimizer"]
         live_roles, saved_roles = layout.roles(opt_live), layout.roles(opt_saved)
+        # a new group's count and LR are copied from group 0 (below): never absent
+        copied = (
+            {r for r in live_roles if r.startswith(("count/", "learning_rate/"))}
+            if r"count/0" in saved_roles
+            else set()
+        )
         diffs += _abstract_absent(
-            "optimizer", {r: opt_live[p] for r, p in live_roles.items()}, saved_roles
+            "optimizer",
+            {r: opt_live[p] for r, p in live_roles.items() if r not in copied},
+            saved_roles,
         )
         if schedule_changed:  # the new scheduler's state is its own
+            diffs += [
+                Difference(
+                    "tree",
+                    f"optimizer {p}",
+                    None,
+                    "abstract: a new scheduler's initial state is unknown; build it concretely",
+                )
+                for r, p in sorted(live_roles.items())
+                if r.startswith("lr/") and targets.is_abstract(opt_live[p].get_value())
+            ]
             live_roles = {r: p for r, p in live_roles.items() if not r.startswith("lr/")}
-            scheduler_keys = [p for p in opt_saved if p.startswith("lr/")]
         wanted["optimizer"], sources["optimizer"] = {}, {}
         new_param_set = set(new_params)
         for r, live_key in sorted(live_roles.items()):
@@ -322,19 +348,16 @@ def plan(
                     kind = "new params" if param in new_param_set else "tree"
                     diffs.append(Difference(kind, f"optimizer {r}", None, _layout(var)))
                 elif r.startswith(("count/", "learning_rate/")):
-                    if r.startswith("count/") and "count/0" in saved_roles:
-                        group_counts[live_key] = saved_roles["count/0"]
-                        diffs.append(
-                            Difference("groups", f"optimizer {r}", None, "group 0's count")
-                        )
+                    # A new group: its update count is group 0's (every group counts every
+                    # update); its LR, group 0's until the next update writes the scheduler's.
+                    source = saved_roles.get(r.split("/")[0] + "/0")
+                    if source is not None:
+                        copies[live_key] = source
                         wanted["optimizer"].setdefault(
-                            saved_roles["count/0"],
-                            _target(var, opt_saved[saved_roles["count/0"]].dtype, live_key),
+                            source, _target(var, opt_saved[source].dtype, live_key)
                         )
-                    else:
-                        diffs.append(
-                            Difference("groups", f"optimizer {live_key}", None, _layout(var))
-                        )
+                    what = "group 0's" if source is not None else None
+                    diffs.append(Difference("groups", f"optimizer {r}", None, what))
                 else:
                     diffs.append(Difference("tree", f"optimizer {live_key}", None, _layout(var)))
                 continue
@@ -370,15 +393,16 @@ def plan(
                     kind, f"optimizer {saved_key}", _saved_layout(opt_saved[saved_key]), None
                 )
             )
-        if schedule_changed:
-            for key in scheduler_keys:
-                if key in ("lr/last_epoch", "lr/epoch_fraction", "lr/current_lr"):
-                    leaf = opt_saved[key]
-                    wanted["optimizer"][key] = jax.ShapeDtypeStruct(
-                        tuple(leaf.shape),
-                        np.dtype(leaf.dtype),
-                        sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]),
-                    )
+        # What the live optimizer does not take (a removed group, the old scheduler's
+        # state, read to place the new one) is read too, onto one device: orbax restores
+        # an item whole.
+        for key, leaf in opt_saved.items():
+            if key not in wanted["optimizer"]:
+                wanted["optimizer"][key] = jax.ShapeDtypeStruct(
+                    tuple(leaf.shape),
+                    np.dtype(leaf.dtype),
+                    sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]),
+                )
 
     diffs += _sharding_differences(wanted, saved, sources)
     diff = ResumeDiff(step, tuple(diffs))
@@ -388,12 +412,8 @@ def plan(
             f"Checkpointer.restore: the live objects do not match step {step}; nothing was "
             f"restored.\n{diff}\n{_advice(refused)}"
         )
-    if any(d.kind != "sharding" for d in diff.differences):
-        logger.warning("Checkpointer.restore: resuming with changes, as allowed:\n%s", diff)
-    elif diff:
-        logger.info("Checkpointer.restore: onto other shardings:\n%s", diff)
     return Plan(
-        diff, wanted, sources, casts, group_counts, changes.schedule if schedule_changed else None
+        diff, wanted, sources, casts, copies, changes.schedule if schedule_changed else None
     )
 
 

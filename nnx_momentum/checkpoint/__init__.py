@@ -4,6 +4,7 @@ One concept per module:
 
 - ``options``: :class:`CheckpointOptions` (retention, interval, async saves);
 - ``checkpointer``: :class:`Checkpointer`, save / restore / metadata;
+- ``manager``: the orbax manager behind it: bounded waits, failed saves;
 - ``tiered``: :class:`TieredCheckpointer`, a local tier saved often and a persistent one;
 - ``targets``: restore targets built from the live objects, PRNG key arrays;
 - ``metadata``: the JSON item of each step and the hyperparameter check;

@@ -154,7 +154,9 @@ def coordinated() -> bool:
 # -- interpreter exit -----------------------------------------------------------------------
 # Managers with possibly pending saves, by id: (manager, checkpoint root, timeout in seconds).
 _OPEN: dict[int, tuple[ocp.CheckpointManager, str, float]] = {}
-_LOST: list[str] = []  # one line per save that was not committed (reported at exit)
+# One line per save that was not committed, by (root, step): the first cause is kept
+# (the same loss may surface twice, e.g. as our timeout and as orbax's own).
+_LOST: dict[tuple[str, int], str] = {}
 _EXIT = {"started": False}
 
 
@@ -226,9 +228,10 @@ def record_lost(step: int, where: str, error: BaseException | str) -> None:
     """
     if isinstance(error, BaseException):
         error = f"{type(error).__name__}: {error}"
-    _LOST.append(
+    _LOST.setdefault(
+        (where, step),
         f"nnx_momentum.Checkpointer: step {step} was NOT committed to {where!r} "
-        f"(older steps are intact): {_one_line(error)}"
+        f"(older steps are intact): {_one_line(error)}",
     )
     if _EXIT["started"]:
         atexit.register(_exit_if_lost)
@@ -266,7 +269,7 @@ def _settle_at_exit(manager: ocp.CheckpointManager, where: str, timeout: float) 
 def _exit_if_lost() -> None:
     if not _LOST:
         return
-    sys.stderr.write("\n".join(dict.fromkeys(_LOST)) + "\n")
+    sys.stderr.write("\n".join(_LOST.values()) + "\n")
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
